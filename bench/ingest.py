@@ -1,0 +1,280 @@
+"""Durable-ingest throughput and ack latency, as a ratio to a bare aiohttp handler.
+
+Both servers run in a child process on loopback and are loaded by the same generator, wrk
+(C, one thread, keep-alive), because the aiohttp client itself caps near 11k requests/s on
+these 2-core machines. Every request is a distinct, correctly signed Instagram comment
+delivery; the bot stores each one (WAL, group commit) before answering, with its inbox worker
+processing deliveries at the same time, as in production.
+
+    python bench/ingest.py                  # NORMAL and FULL, 64 connections, 10 s each
+    python bench/ingest.py --seconds 5 --connections 16
+
+Needs wrk (`apt-get install wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "bench-secret"
+ACCOUNT = "17841400000000001"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def lua_script(n: int, pace_ms: float = 0.0) -> str:
+    sys.path.insert(0, str(ROOT))
+    from bot.webhook import sign
+
+    reqs = []
+    for i in range(n):
+        body = json.dumps(
+            {
+                "object": "instagram",
+                "entry": [
+                    {
+                        "id": ACCOUNT,
+                        "time": 1772449200 + i,
+                        "changes": [
+                            {
+                                "field": "comments",
+                                "value": {
+                                    "from": {"id": f"user-{i % 5000}", "username": f"u{i}"},
+                                    "media": {"id": "reel-1", "media_product_type": "REELS"},
+                                    "id": f"bench-{os.getpid()}-{i}",
+                                    "text": "PRICING please",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
+            separators=(",", ":"),
+        )
+        sig = sign(SECRET.encode(), body.encode())
+        reqs.append(f'{{[[{body}]], "{sig}"}}')
+    return (
+        "local reqs = {" + ",\n".join(reqs) + "}\n"
+        "local i = 0\n"
+        "request = function()\n"
+        "  i = i % #reqs + 1\n"
+        "  return wrk.format('POST', '/webhook', {['Content-Type']='application/json',"
+        " ['X-Hub-Signature-256']=reqs[i][2]}, reqs[i][1])\n"
+        "end\n" + (f"delay = function() return {pace_ms:.3f} end\n" if pace_ms > 0 else "")
+    )
+
+
+def serve(kind: str, port: int, sync: str, db: str) -> None:
+    """Child process: run one of the servers until SIGTERM."""
+    sys.path.insert(0, str(ROOT))
+    from aiohttp import web
+
+    if kind == "bare":
+
+        async def handler(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(text="EVENT_RECEIVED")
+
+        app = web.Application()
+        app.router.add_post("/webhook", handler)
+        web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+        return
+
+    from bot.app import create_app
+    from bot.cli import serve as serve_bot
+    from bot.config import config_from_mapping
+
+    config = config_from_mapping(
+        {
+            "app_secret": SECRET,
+            "verify_token": "v",
+            "listen": {"host": "127.0.0.1", "port": port},
+            "database": {"path": db, "synchronous": sync},
+            "accounts": [{"id": ACCOUNT, "platform": "instagram", "token": "t"}],
+            "log": {"level": "WARNING"},
+        },
+        env={},
+    )
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    app = create_app(config, start_workers=kind != "bot-ingest-only")
+    asyncio.run(serve_bot(config, app))
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"server on {port} did not start")
+
+
+def wait_drained(db: str, limit: float) -> float:
+    """Seconds after the load ends until the inbox worker has processed every delivery."""
+    import sqlite3
+
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        with sqlite3.connect(db) as conn:
+            if conn.execute("SELECT count(*) FROM inbox WHERE state = 'new'").fetchone()[0] == 0:
+                return time.monotonic() - start
+        time.sleep(0.1)
+    return float("inf")
+
+
+def parse_latency(text: str, pct: str) -> float:
+    m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not m:
+        return float("nan")
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+
+def run_one(kind: str, sync: str, args: argparse.Namespace, script: Path) -> dict[str, float]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = str(Path(tmp) / "bench.sqlite3")
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                kind,
+                "--port",
+                str(port),
+                "--sync",
+                sync,
+                "--db",
+                db,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            wait_port(port)
+            out = subprocess.run(
+                [
+                    "wrk",
+                    "-t1",
+                    f"-c{args.connections}",
+                    f"-d{args.seconds}s",
+                    "--latency",
+                    "-s",
+                    str(script),
+                    f"http://127.0.0.1:{port}/webhook",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            drained_s = wait_drained(db, args.seconds * 20) if kind == "bot" else None
+        finally:
+            child.send_signal(signal.SIGTERM)
+            child.wait(timeout=60)
+        stored = None
+        if kind.startswith("bot"):
+            import sqlite3
+
+            with sqlite3.connect(db) as conn:
+                stored = conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    result = {
+        "rps": rps,
+        "p50_ms": parse_latency(out, "50"),
+        "p99_ms": parse_latency(out, "99"),
+        "requests": total,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+    }
+    if stored is not None:
+        result["stored"] = stored
+    if drained_s is not None:
+        result["drained_s"] = drained_s
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--modes", default="NORMAL,FULL")
+    ap.add_argument(
+        "--paced",
+        type=int,
+        default=2000,
+        help="also measure ack latency at about this many requests/s (0: skip)",
+    )
+    ap.add_argument(
+        "--ingest-only", action="store_true", help="also measure with the inbox worker off"
+    )
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--sync", default="NORMAL", help=argparse.SUPPRESS)
+    ap.add_argument("--db", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve, args.port, args.sync, args.db)
+        return
+    if not shutil.which("wrk"):
+        sys.exit("bench/ingest.py needs wrk: apt-get install wrk")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(lua_script(20000))
+        script = Path(f.name)
+    paced_script = Path(str(script) + ".paced.lua")
+    if args.paced:
+        # Each connection waits between requests, so 64 connections offer about `paced`/s.
+        paced_script.write_text(lua_script(20000, 1000 * args.connections / args.paced))
+    try:
+        bare = run_one("bare", "NORMAL", args, script)
+        print(
+            f"bare aiohttp handler: {bare['rps']:.0f} req/s, p50 {bare['p50_ms']:.2f} ms,"
+            f" p99 {bare['p99_ms']:.2f} ms"
+        )
+        kinds = ["bot", "bot-ingest-only"] if args.ingest_only else ["bot"]
+        for kind, sync in ((k, s) for s in args.modes.split(",") for k in kinds):
+            bot = run_one(kind, sync, args, script)
+            label = "ingest only, worker off" if kind != "bot" else "worker on"
+            print(
+                f"bot durable ingest ({label}, synchronous={sync}): {bot['rps']:.0f} req/s,"
+                f" ratio {bot['rps'] / bare['rps']:.2f}, p50 {bot['p50_ms']:.2f} ms,"
+                f" p99 {bot['p99_ms']:.2f} ms, non-2xx {bot['non_2xx']},"
+                f" acknowledged {bot['requests'] - bot['non_2xx']}, stored {bot['stored']},"
+                f" all processed {bot['drained_s']:.1f} s after the load"
+            )
+            if args.paced and kind == "bot":
+                paced = run_one(kind, sync, args, paced_script)
+                print(
+                    f"  paced at ~{args.paced}/s offered: {paced['rps']:.0f} req/s,"
+                    f" p50 {paced['p50_ms']:.2f} ms, p99 {paced['p99_ms']:.2f} ms,"
+                    f" all processed {paced['drained_s']:.1f} s after the load"
+                )
+    finally:
+        script.unlink()
+        paced_script.unlink(missing_ok=True)
+    print(f"({args.connections} connections, {args.seconds} s each, wrk -t1, loopback)")
+
+
+if __name__ == "__main__":
+    main()

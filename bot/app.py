@@ -1,0 +1,146 @@
+"""The aiohttp app factory: every resource is owned by `cleanup_ctx` and closed in reverse.
+
+Shutdown order matters for "nothing lost": stop accepting webhooks (the runner does that
+first), commit what the inbox writer holds, let the worker finish its batch, then close the
+database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from bot.clock import Clock, SystemClock
+from bot.config import Config
+from bot.engine import Engine
+from bot.graph import GraphClient
+from bot.inbox_worker import InboxWorker
+from bot.metrics import Metrics
+from bot.policy import PolicyProfile, load_profile
+from bot.store.db import Database
+from bot.store.inbox import InboxWriter, inbox_counts
+from bot.webhook import INBOX, METRICS, WEBHOOK, WebhookSettings, add_routes
+
+__all__ = ["Runtime", "RUNTIME", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What the running daemon holds; tests reach it through `app[RUNTIME]`."""
+
+    config: Config
+    clock: Clock
+    profile: PolicyProfile
+    metrics: Metrics
+    db: Database | None = None
+    inbox: InboxWriter | None = None
+    worker: InboxWorker | None = None
+    engine: Engine | None = None
+    graph: GraphClient | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    dead: list[str] = field(default_factory=list)
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def create_app(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    profile: PolicyProfile | None = None,
+    start_workers: bool = True,
+) -> web.Application:
+    """Build the daemon's app; `start_workers=False` leaves draining to the caller (tests)."""
+    clock = clock or SystemClock()
+    if profile is None:
+        profile = load_profile(config.policy_profile) if config.policy_profile else PolicyProfile()
+    metrics = Metrics()
+    rt = Runtime(config=config, clock=clock, profile=profile, metrics=metrics)
+
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app[RUNTIME] = rt
+    app[METRICS] = metrics
+    app[WEBHOOK] = WebhookSettings(
+        app_secret=config.app_secret.encode(),
+        verify_token=config.verify_token,
+        path=config.webhook_path,
+    )
+
+    async def store(app: web.Application) -> AsyncIterator[None]:
+        rt.db = await Database.open(config.database.path, config.database.synchronous)
+        rt.inbox = InboxWriter(rt.db, clock)
+        rt.inbox.start()
+        app[INBOX] = rt.inbox
+        log.info(
+            "store ready: %s (synchronous=%s)", config.database.path, config.database.synchronous
+        )
+        yield
+        await rt.inbox.close()
+        await rt.db.close()
+
+    async def http(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as session:
+            rt.graph = GraphClient(session, clock=clock)
+            yield
+
+    async def workers(app: web.Application) -> AsyncIterator[None]:
+        assert rt.db is not None and rt.inbox is not None
+        rt.engine = Engine(rt.db, clock, profile, metrics, config)
+        rt.worker = InboxWorker(
+            rt.db, clock, rt.engine, metrics, wake=rt.inbox.committed, ingest_busy=rt.inbox.busy
+        )
+        if start_workers:
+            _spawn(rt, rt.worker.run(), "inbox-worker")
+        yield
+        rt.worker.stop()
+        for task in list(rt.tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # What the webhook stored before shutdown is processed now, not left for later.
+        if start_workers:
+            await rt.inbox.close()
+            await rt.worker.drain()
+
+    app.cleanup_ctx.extend([store, http, workers])
+    add_routes(app, config.webhook_path)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
+    return app
+
+
+def _spawn(rt: Runtime, coro: object, name: str) -> None:
+    task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+    rt.tasks.add(task)
+
+    def done(t: asyncio.Task[None]) -> None:
+        rt.tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            rt.dead.append(name)
+            log.error("background task %s died", name, exc_info=t.exception())
+
+    task.add_done_callback(done)
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    if rt.db is None:
+        return web.json_response({"status": "starting"}, status=503)
+    counts = await inbox_counts(rt.db)
+    status = 200 if not rt.dead else 503
+    return web.json_response(
+        {"status": "ok" if status == 200 else "degraded", "inbox": counts, "dead_tasks": rt.dead},
+        status=status,
+    )
+
+
+async def metrics_page(request: web.Request) -> web.StreamResponse:
+    return web.Response(text=request.app[RUNTIME].metrics.render(), content_type="text/plain")

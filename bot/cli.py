@@ -1,0 +1,94 @@
+"""The `bot` command: run, status, and (from other modules) check, simulate, sandbox."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from bot.config import Config, load_config
+from bot.errors import BotError
+from bot.logs import setup_logging
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger("bot")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bot", description=__doc__)
+    parser.add_argument(
+        "--config", type=Path, default=Path("bot.yaml"), help="settings file (default bot.yaml)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the daemon: webhooks in, messages out")
+    st = sub.add_parser("status", help="what the daemon's store holds, per account")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    from bot.sandbox import add_sandbox_parser, run_sandbox_command
+
+    add_sandbox_parser(sub)
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "sandbox":
+            setup_logging("text", "INFO")
+            return run_sandbox_command(args)
+        if args.command == "run":
+            config = load_config(args.config)
+            setup_logging(config.log_format, config.log_level, _secrets(config))
+            asyncio.run(serve(config))
+            return 0
+        if args.command == "status":
+            from bot.status import print_status
+
+            config = load_config(args.config)
+            code: int = asyncio.run(print_status(config, as_json=args.json))
+            return code
+    except BotError as exc:
+        print(f"bot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _secrets(config: Config) -> list[str]:
+    return [config.app_secret, config.verify_token, *(a.token for a in config.accounts)]
+
+
+async def serve(config: Config, app: web.Application | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, flush, and finish in-flight work."""
+    from bot.app import create_app
+
+    app = app or create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    port = runner.addresses[0][1] if runner.addresses else config.port
+    log.info(
+        "listening on http://%s:%d%s for %d account(s)",
+        config.host,
+        port,
+        config.webhook_path,
+        len(config.accounts),
+    )
+    # One line on stdout that supervisors and the crash test wait for.
+    print(json.dumps({"ready": True, "port": port}), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: no new webhooks; flushing the inbox and finishing in-flight work")
+        await runner.cleanup()
+        log.info("stopped")

@@ -1,0 +1,104 @@
+"""The only place that reads time.
+
+Everything else takes a `Clock`, so tests and `bot simulate` can move days in milliseconds
+(DEVELOPERS.md: "Time is injected").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+__all__ = ["Clock", "SystemClock", "VirtualClock", "from_ms", "from_seconds", "to_ms", "utc"]
+
+
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    """An aware UTC datetime; a shorthand for tests and scenarios."""
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+
+
+def from_ms(ms: int | float) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def from_seconds(s: int | float) -> datetime:
+    return datetime.fromtimestamp(s, tz=UTC)
+
+
+def to_ms(t: datetime) -> int:
+    return int(round(t.timestamp() * 1000))
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Aware UTC wall time."""
+
+    def monotonic(self) -> float:
+        """Seconds for measuring durations; never goes back."""
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Return once `now() >= when` (or soon after, for the system clock)."""
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep_until(self, when: datetime) -> None:
+        delay = (when - self.now()).total_seconds()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class VirtualClock:
+    """A clock that only moves when told; sleepers wake as `advance` passes their time."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or utc(2026, 1, 5, 9, 0, 0)
+        if self._now.tzinfo is None:
+            raise ValueError("VirtualClock needs an aware datetime")
+        self._sleepers: list[tuple[datetime, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._now.timestamp()
+
+    async def sleep_until(self, when: datetime) -> None:
+        if when <= self._now:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (when, next(self._seq), fut))
+        await fut
+
+    def set(self, when: datetime) -> None:
+        if when < self._now:
+            raise ValueError("a VirtualClock never goes back")
+        self._now = when
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+    def advance(self, delta: timedelta | float) -> datetime:
+        step = delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
+        self.set(self._now + step)
+        return self._now
+
+    def next_wake(self) -> datetime | None:
+        """The earliest time a sleeper waits for, so a simulation can jump straight to it."""
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+        return self._sleepers[0][0] if self._sleepers else None

@@ -1,0 +1,278 @@
+"""Settings: one YAML file plus the environment; every error names the key to fix.
+
+Secrets (the app secret, the verify token, access tokens) are never required in the file: each
+can come from an environment variable or a `*_file` setting that points outside git.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bot.errors import ConfigError
+from bot.events import Platform
+
+__all__ = ["Account", "Config", "Database", "load_config", "config_from_mapping", "SECRET_ENV"]
+
+SECRET_ENV = {
+    "app_secret": "BOT_APP_SECRET",
+    "verify_token": "BOT_VERIFY_TOKEN",
+}
+GRAPH_HOSTS = {
+    "instagram": "https://graph.instagram.com",
+    "facebook": "https://graph.facebook.com",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One Instagram professional account or Facebook Page the bot serves."""
+
+    id: str
+    platform: Platform
+    token: str = field(repr=False)
+    name: str = ""
+    # Instagram Login sends to graph.instagram.com; Messenger and Instagram via Facebook Login
+    # send to graph.facebook.com with a Page token (POLICY.md §3).
+    login: str = "instagram"
+    graph_base_url: str = "https://graph.instagram.com"
+    api_version: str = "v21.0"
+
+    def messages_url(self) -> str:
+        return f"{self.graph_base_url.rstrip('/')}/{self.api_version}/{self.id}/messages"
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    path: Path = Path("data/bot.sqlite3")
+    # NORMAL survives a killed process (WAL); FULL also survives power loss, at a cost
+    # measured in docs/benchmarks.md.
+    synchronous: str = "NORMAL"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    app_secret: str = field(repr=False)
+    verify_token: str = field(repr=False)
+    accounts: tuple[Account, ...]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    webhook_path: str = "/webhook"
+    max_body_bytes: int = 4 * 1024 * 1024
+    database: Database = Database()
+    policy_profile: Path | None = None
+    flows_dir: Path = Path("flows")
+    templates_dir: Path = Path("templates")
+    log_format: str = "text"  # text | json
+    log_level: str = "INFO"
+
+    def account(self, account_id: str) -> Account | None:
+        for a in self.accounts:
+            if a.id == account_id:
+                return a
+        return None
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: the settings file does not exist (use --config PATH)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the settings file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {exc}") from None
+    return config_from_mapping(data, env=env, source=str(path), base=path.parent)
+
+
+_TOP_KEYS = {
+    "app_secret",
+    "app_secret_file",
+    "verify_token",
+    "verify_token_file",
+    "accounts",
+    "listen",
+    "webhook_path",
+    "max_body_bytes",
+    "database",
+    "policy_profile",
+    "flows_dir",
+    "templates_dir",
+    "log",
+}
+_ACCOUNT_KEYS = {
+    "id",
+    "platform",
+    "name",
+    "login",
+    "token",
+    "token_file",
+    "token_env",
+    "graph_base_url",
+    "api_version",
+}
+
+
+def config_from_mapping(
+    data: Any, *, env: Mapping[str, str], source: str = "<settings>", base: Path | None = None
+) -> Config:
+    base = base or Path(".")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the settings must be a mapping of keys")
+    _no_unknown(data, _TOP_KEYS, source, "")
+
+    def secret(key: str) -> str:
+        value = _secret(data, key, SECRET_ENV[key], env, source, base)
+        if value is None:
+            raise ConfigError(
+                f"{source}: '{key}' is missing: set the environment variable {SECRET_ENV[key]}"
+                f" or '{key}_file' (a file outside git)"
+            )
+        return value
+
+    raw_accounts = data.get("accounts")
+    if not isinstance(raw_accounts, list) or not raw_accounts:
+        raise ConfigError(f"{source}: 'accounts' must be a non-empty list of accounts")
+    accounts = tuple(_account(a, i, env, source, base) for i, a in enumerate(raw_accounts))
+    seen: set[str] = set()
+    for a in accounts:
+        if a.id in seen:
+            raise ConfigError(f"{source}: accounts: the id {a.id!r} is listed twice")
+        seen.add(a.id)
+
+    listen = data.get("listen", {}) or {}
+    if not isinstance(listen, dict):
+        raise ConfigError(f"{source}: 'listen' must be a mapping with host and port")
+    _no_unknown(listen, {"host", "port"}, source, "listen.")
+    db = data.get("database", {}) or {}
+    if not isinstance(db, dict):
+        raise ConfigError(f"{source}: 'database' must be a mapping with path and synchronous")
+    _no_unknown(db, {"path", "synchronous"}, source, "database.")
+    sync = str(db.get("synchronous", "NORMAL")).upper()
+    if sync not in {"NORMAL", "FULL"}:
+        raise ConfigError(f"{source}: 'database.synchronous' must be NORMAL or FULL, not {sync!r}")
+    log = data.get("log", {}) or {}
+    if not isinstance(log, dict):
+        raise ConfigError(f"{source}: 'log' must be a mapping with format and level")
+    _no_unknown(log, {"format", "level"}, source, "log.")
+    log_format = str(log.get("format", "text"))
+    if log_format not in {"text", "json"}:
+        raise ConfigError(f"{source}: 'log.format' must be text or json, not {log_format!r}")
+    webhook_path = str(data.get("webhook_path", "/webhook"))
+    if not webhook_path.startswith("/"):
+        raise ConfigError(f"{source}: 'webhook_path' must start with '/'")
+    profile = data.get("policy_profile")
+
+    return Config(
+        app_secret=secret("app_secret"),
+        verify_token=secret("verify_token"),
+        accounts=accounts,
+        host=str(listen.get("host", "127.0.0.1")),
+        port=_int(listen.get("port", 8080), "listen.port", source, 0, 65535),
+        webhook_path=webhook_path,
+        max_body_bytes=_int(
+            data.get("max_body_bytes", 4 * 1024 * 1024), "max_body_bytes", source, 1024, 1 << 30
+        ),
+        database=Database(path=_path(db.get("path", "data/bot.sqlite3"), base), synchronous=sync),
+        policy_profile=_path(profile, base) if profile else None,
+        flows_dir=_path(data.get("flows_dir", "flows"), base),
+        templates_dir=_path(data.get("templates_dir", "templates"), base),
+        log_format=log_format,
+        log_level=str(log.get("level", "INFO")).upper(),
+    )
+
+
+def _account(raw: Any, i: int, env: Mapping[str, str], source: str, base: Path) -> Account:
+    where = f"accounts[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{where}' must be a mapping with id, platform and token")
+    _no_unknown(raw, _ACCOUNT_KEYS, source, f"{where}.")
+    if "id" not in raw:
+        raise ConfigError(f"{source}: '{where}.id' is missing (the IG account id or Page id)")
+    account_id = str(raw["id"])
+    try:
+        platform = Platform(str(raw.get("platform", "")).lower())
+    except ValueError:
+        raise ConfigError(
+            f"{source}: '{where}.platform' must be instagram or messenger, "
+            f"not {raw.get('platform')!r}"
+        ) from None
+    login = str(raw.get("login", "instagram" if platform is Platform.INSTAGRAM else "facebook"))
+    if login not in GRAPH_HOSTS:
+        raise ConfigError(f"{source}: '{where}.login' must be instagram or facebook")
+    if platform is Platform.MESSENGER and login != "facebook":
+        raise ConfigError(f"{source}: '{where}.login': Messenger accounts use facebook login")
+    token_env = str(raw.get("token_env", f"BOT_TOKEN_{account_id}"))
+    token = _secret(raw, "token", token_env, env, source, base, prefix=f"{where}.")
+    if token is None:
+        raise ConfigError(
+            f"{source}: '{where}.token' is missing: set the environment variable {token_env}"
+            f" or '{where}.token_file'"
+        )
+    return Account(
+        id=account_id,
+        platform=platform,
+        token=token,
+        name=str(raw.get("name", "")),
+        login=login,
+        graph_base_url=str(raw.get("graph_base_url", GRAPH_HOSTS[login])),
+        api_version=str(raw.get("api_version", "v21.0")),
+    )
+
+
+def _secret(
+    raw: Mapping[str, Any],
+    key: str,
+    env_name: str,
+    env: Mapping[str, str],
+    source: str,
+    base: Path,
+    prefix: str = "",
+) -> str | None:
+    """Environment first, then `<key>_file`, then the value in the file itself."""
+    if env.get(env_name):
+        return env[env_name].strip()
+    file_key = f"{key}_file"
+    if raw.get(file_key):
+        p = _path(raw[file_key], base)
+        try:
+            return p.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{source}: '{prefix}{file_key}': cannot read {p}: {exc.strerror}"
+            ) from None
+    value = raw.get(key)
+    return str(value) if value not in (None, "") else None
+
+
+def _no_unknown(raw: Mapping[str, Any], known: set[str], source: str, prefix: str) -> None:
+    import difflib
+
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f": did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"{source}: unknown setting '{prefix}{key}'{hint}")
+
+
+def _int(value: Any, key: str, source: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{source}: '{key}' must be a whole number from {lo} to {hi}")
+    return value
+
+
+def _path(value: Any, base: Path) -> Path:
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() else base / p

@@ -1,0 +1,358 @@
+"""One function per basis (POLICY.md §1 table): is it open for this intent now, and until when?
+
+Each returns `Allowed`, or `Refused` whose `next_possible` is only when *this* reason lifts;
+`bot.policy.decide` chains those into the true earliest time. No I/O, no clock: `now` is given.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from bot.events import OptInKind
+from bot.policy.decision import (
+    HUMAN_AGENT_TAG,
+    Allowed,
+    BasisKind,
+    Content,
+    Decision,
+    Intent,
+    RefusalReason,
+    Refused,
+)
+from bot.policy.profile import PlatformProfile
+from bot.policy.state import ConversationState, Token, frequency_period, token_expiry
+
+__all__ = [
+    "ad_referral",
+    "human_agent",
+    "is_awaiting_user_reply",
+    "is_unreachable",
+    "marketing_message",
+    "message_tag",
+    "one_time_notification",
+    "optin_request",
+    "private_reply",
+    "standard_window",
+]
+
+R = RefusalReason
+_DAY = timedelta(days=1)
+_WEEK = timedelta(days=7)
+
+
+def when(t: datetime) -> str:
+    """A time as a creator reads it in `bot status` and the send log."""
+    return t.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def is_unreachable(state: ConversationState) -> bool:
+    """Meta said the person can't receive messages, and they haven't written since (§5)."""
+    since = state.unreachable_since
+    last = state.last_user_message_at
+    return since is not None and (last is None or last <= since)
+
+
+def is_awaiting_user_reply(state: ConversationState) -> bool:
+    """A private reply went out and the user hasn't written after it (POLICY.md §1)."""
+    sent = state.last_private_reply_at
+    last = state.last_user_message_at
+    return sent is not None and (last is None or last <= sent)
+
+
+def private_reply(
+    state: ConversationState, comment_id: str, now: datetime, p: PlatformProfile
+) -> Decision:
+    """Exactly one message per comment, within 7 days of it (live: `live_comment_window`)."""
+    comment = next((c for c in state.comments if c.comment_id == comment_id), None)
+    if comment is None:
+        return Refused(
+            R.UNKNOWN_COMMENT,
+            f"No comment {comment_id} from this person is on record, so there is nothing to "
+            "privately reply to.",
+        )
+    if comment.private_reply_at is not None:
+        return Refused(
+            R.PRIVATE_REPLY_ALREADY_SENT,
+            f"Comment {comment_id} already got its one private reply at "
+            f"{when(comment.private_reply_at)}; Meta allows only one per comment.",
+        )
+    window = p.live_comment_window if comment.live else p.private_reply_window
+    until = comment.created_at + window
+    if now >= until:
+        kind = "live comment" if comment.live else "comment"
+        return Refused(
+            R.PRIVATE_REPLY_EXPIRED,
+            f"The private reply to {kind} {comment_id} had to go by {when(until)}.",
+        )
+    return Allowed(
+        basis=BasisKind.PRIVATE_REPLY,
+        until=until,
+        messaging_type="RESPONSE",
+        recipient_field="comment_id",
+        recipient_value=comment_id,
+        comment_id=comment_id,
+    )
+
+
+def standard_window(state: ConversationState, now: datetime, p: PlatformProfile) -> Decision:
+    """24 h from the user's latest DM, story reply, postback or referral; anything may go."""
+    last = state.last_user_message_at
+    if last is None:
+        return Refused(
+            R.NO_OPEN_BASIS,
+            "This person has never messaged the account, so only a private reply to their "
+            "comment can reach them.",
+        )
+    until = last + p.standard_window
+    if now >= until:
+        return Refused(
+            R.WINDOW_CLOSED,
+            f"The 24-hour window closed at {when(until)}; it reopens when the person writes "
+            "again.",
+        )
+    return Allowed(
+        basis=BasisKind.STANDARD_WINDOW,
+        until=until,
+        messaging_type="RESPONSE",
+        recipient_field="id",
+    )
+
+
+def ad_referral(state: ConversationState, now: datetime, p: PlatformProfile) -> Allowed | None:
+    """The first reply after an ad click, within `ad_referral_window` (off by default)."""
+    last = state.last_ad_referral_at
+    if p.ad_referral_window is None or last is None:
+        return None
+    until = last + p.ad_referral_window
+    answered = state.last_send_at is not None and state.last_send_at >= last
+    if now >= until or answered:
+        return None
+    return Allowed(
+        basis=BasisKind.AD_REFERRAL_WINDOW,
+        until=until,
+        messaging_type="RESPONSE",
+        recipient_field="id",
+    )
+
+
+def human_agent(
+    state: ConversationState, intent: Intent, now: datetime, p: PlatformProfile
+) -> Decision:
+    """A human's support reply within 7 days of the user's latest message (never automation)."""
+    if not p.human_agent_enabled:
+        return Refused(
+            R.HUMAN_AGENT_DISABLED,
+            "The human-agent tag is switched off for this platform in the policy profile.",
+        )
+    if intent.content is not Content.SUPPORT:
+        return Refused(
+            R.HUMAN_AGENT_SUPPORT_ONLY,
+            "After the 24-hour window only support replies may go, with the human-agent tag.",
+        )
+    last = state.last_user_message_at
+    if last is None:
+        return Refused(
+            R.NO_OPEN_BASIS, "This person has never messaged the account, so there is no window."
+        )
+    until = last + p.human_agent_window
+    if now >= until:
+        return Refused(
+            R.HUMAN_AGENT_WINDOW_CLOSED,
+            f"The 7-day human-agent window closed at {when(until)}; it reopens when the person "
+            "writes again.",
+        )
+    return Allowed(
+        basis=BasisKind.HUMAN_AGENT,
+        until=until,
+        messaging_type="MESSAGE_TAG",
+        tag=HUMAN_AGENT_TAG,
+        recipient_field="id",
+    )
+
+
+def message_tag(
+    state: ConversationState, intent: Intent, tag: str, now: datetime, p: PlatformProfile
+) -> Decision:
+    """A non-promotional update under a tag the profile allows, within `tag_window`."""
+    if tag not in p.message_tags:
+        return Refused(
+            R.TAG_NOT_ALLOWED,
+            f"The message tag {tag} is not allowed on {p.platform} by the policy profile.",
+        )
+    if intent.content is Content.PROMOTIONAL:
+        return Refused(
+            R.PROMOTIONAL_TAG,
+            f"Promotional content may never be sent with a message tag ({tag}).",
+        )
+    last = state.last_user_message_at
+    until = None if last is None else last + p.tag_window
+    if until is None or now >= until:
+        closed = "" if until is None else f" (it closed at {when(until)})"
+        return Refused(
+            R.TAG_WINDOW_CLOSED,
+            f"Message tags may only be used within {p.tag_window.days} days of the person's "
+            f"latest message{closed}.",
+        )
+    return Allowed(
+        basis=BasisKind.MESSAGE_TAG,
+        until=until,
+        messaging_type="MESSAGE_TAG",
+        tag=tag,
+        recipient_field="id",
+    )
+
+
+def _disabled(kind: OptInKind, p: PlatformProfile) -> Refused:
+    name = "One-time notifications" if kind is OptInKind.ONE_TIME else "Marketing messages"
+    return Refused(
+        R.OPTIN_KIND_DISABLED, f"{name} are switched off for {p.platform} in the policy profile."
+    )
+
+
+def _tokens(state: ConversationState, kind: OptInKind, topic: str | None) -> list[Token]:
+    # A token without a topic can't be matched to any message (opt-ins are topic-specific).
+    if topic is None:
+        return []
+    return [t for t in state.tokens if t.kind is kind and t.topic == topic]
+
+
+def _no_token(kind: OptInKind, topic: str | None) -> Refused:
+    name = "one-time notification" if kind is OptInKind.ONE_TIME else "marketing messages"
+    about = f"topic {topic!r}" if topic is not None else "a message without a topic"
+    return Refused(R.NO_TOKEN, f"This person has not opted in to {name} for {about}.")
+
+
+def one_time_notification(
+    state: ConversationState, topic: str | None, now: datetime, p: PlatformProfile
+) -> Decision:
+    """One message on an unused, unexpired one-time token for the topic."""
+    if not p.one_time_notifications:
+        return _disabled(OptInKind.ONE_TIME, p)
+    tokens = _tokens(state, OptInKind.ONE_TIME, topic)
+    if not tokens:
+        return _no_token(OptInKind.ONE_TIME, topic)
+    unused = [t for t in tokens if t.used_at is None]
+    usable = sorted(
+        (t for t in unused if now < token_expiry(t, p)),
+        key=lambda t: (token_expiry(t, p), t.received_at, t.token),
+    )
+    if not usable:
+        if unused:
+            return Refused(
+                R.TOKEN_EXPIRED, f"The one-time notification opt-in for {topic!r} has expired."
+            )
+        return Refused(
+            R.TOKEN_USED,
+            f"The one-time notification for {topic!r} was already sent; each opt-in allows one.",
+        )
+    token = usable[0]
+    return Allowed(
+        basis=BasisKind.ONE_TIME_NOTIFICATION,
+        until=token_expiry(token, p),
+        messaging_type="UPDATE",
+        recipient_field="one_time_notif_token",
+        recipient_value=token.token,
+        topic=topic,
+        token=token.token,
+    )
+
+
+def marketing_message(
+    state: ConversationState, topic: str | None, now: datetime, p: PlatformProfile
+) -> Decision:
+    """A message on a live, not-stopped marketing token, at most one per frequency period."""
+    if not p.marketing_messages:
+        return _disabled(OptInKind.MARKETING, p)
+    tokens = _tokens(state, OptInKind.MARKETING, topic)
+    if not tokens:
+        return _no_token(OptInKind.MARKETING, topic)
+    live = [t for t in tokens if now < token_expiry(t, p)]
+    if not live:
+        return Refused(
+            R.TOKEN_EXPIRED, f"The marketing-messages opt-in for {topic!r} has expired."
+        )
+    active = [t for t in live if not t.stopped]
+    if not active:
+        return Refused(R.OPTED_OUT, f"This person stopped marketing messages for {topic!r}.")
+    token = max(active, key=lambda t: (t.received_at, t.token))
+    # The frequency the user agreed to counts per topic, across every token for it.
+    sent = [t.last_sent_at for t in tokens if t.last_sent_at is not None]
+    if sent:
+        next_at = max(sent) + frequency_period(token.frequency)
+        if now < next_at:
+            freq = (token.frequency or "monthly").lower()
+            return Refused(
+                R.FREQUENCY_LIMIT,
+                f"This person agreed to {freq} messages on {topic!r}; the last went at "
+                f"{when(max(sent))}.",
+                next_at,
+            )
+    return Allowed(
+        basis=BasisKind.MARKETING_MESSAGE,
+        until=token_expiry(token, p),
+        messaging_type="UPDATE",
+        recipient_field="notification_messages_token",
+        recipient_value=token.token,
+        topic=topic,
+        token=token.token,
+    )
+
+
+def _cap(
+    ats: list[datetime], now: datetime, period: timedelta, limit: int | None
+) -> datetime | None:
+    """When a rolling cap of `limit` per `period` frees a slot, or None if one is free now."""
+    if limit is None:
+        return None
+    recent = sorted(a for a in ats if a > now - period)
+    if len(recent) < limit:
+        return None
+    return recent[len(recent) - limit] + period
+
+
+def optin_request(
+    state: ConversationState, intent: Intent, now: datetime, p: PlatformProfile
+) -> Decision:
+    """Inside the open 24 h window only, once per (kind, topic) per 7 days, within the caps."""
+    kind = intent.optin
+    assert kind is not None
+    if not p.optin_enabled(kind):
+        return _disabled(kind, p)
+    window = standard_window(state, now, p)
+    if isinstance(window, Refused):
+        return Refused(
+            R.OPTIN_OUTSIDE_WINDOW,
+            "Opt-in requests may only be sent inside the 24-hour window, and it is not open.",
+        )
+    same = [r.at for r in state.optin_requests if r.kind is kind and r.topic == intent.topic]
+    again = _cap(same, now, p.optin_request_cooldown, 1)
+    if again is not None:
+        return Refused(
+            R.OPTIN_REQUESTED_RECENTLY,
+            f"This person was already asked about {intent.topic!r} at {when(max(same))}; "
+            "Meta allows one request per topic per 7 days.",
+            again,
+        )
+    everything = [r.at for r in state.optin_requests]
+    weekly = _cap(everything, now, _WEEK, p.optin_requests_per_week)
+    if weekly is not None:
+        return Refused(
+            R.OPTIN_WEEKLY_LIMIT,
+            f"This person already got {p.optin_requests_per_week} opt-in requests this week.",
+            weekly,
+        )
+    daily = _cap(everything, now, _DAY, p.optin_requests_per_day)
+    if daily is not None:
+        return Refused(
+            R.OPTIN_DAILY_LIMIT,
+            f"This person already got {p.optin_requests_per_day} opt-in requests today.",
+            daily,
+        )
+    return Allowed(
+        basis=BasisKind.STANDARD_WINDOW,
+        until=window.until,
+        messaging_type="RESPONSE",
+        recipient_field="id",
+        topic=intent.topic,
+        optin=kind,
+    )

@@ -1,0 +1,83 @@
+"""The records the model keeps: accounts, contacts (account + user), comments, tokens, profiles.
+
+Plain mutable dataclasses; the rules that read them live in `decide.py` (POLICY.md §1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bot.events import OptInKind, Platform
+
+__all__ = ["CommentRecord", "Contact", "OptinSent", "Profile", "SimAccount", "Token"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimAccount:
+    id: str
+    platform: Platform
+    token: str = field(repr=False)
+
+
+@dataclass(slots=True)
+class OptinSent:
+    kind: str
+    topic: str
+    title: str
+    at: datetime
+
+
+@dataclass(slots=True)
+class Contact:
+    """One user as seen by one account."""
+
+    first_user_message: datetime | None = None
+    last_user_message: datetime | None = None
+    last_private_reply: datetime | None = None
+    optin_requests: list[OptinSent] = field(default_factory=list)
+
+    def awaiting_reply(self) -> bool:
+        """A private reply went out and the user has not written since (POLICY.md §1)."""
+        if self.last_private_reply is None:
+            return False
+        return self.last_user_message is None or self.last_user_message <= self.last_private_reply
+
+
+@dataclass(slots=True)
+class CommentRecord:
+    id: str
+    account_id: str
+    user_id: str
+    media_id: str
+    text: str
+    created_at: datetime
+    live: bool = False
+    parent_id: str | None = None
+    private_replied_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Token:
+    value: str
+    kind: OptInKind
+    account_id: str
+    user_id: str
+    topic: str
+    created_at: datetime
+    expires_at: datetime
+    frequency: str | None = None
+    used_at: datetime | None = None
+    last_sent: datetime | None = None
+    stopped: bool = False
+
+
+@dataclass(slots=True)
+class Profile:
+    user_id: str
+    username: str
+    name: str
+    follows_business: bool = False
+    business_follows_user: bool = False
+    follower_count: int = 0
+    is_verified_user: bool = False

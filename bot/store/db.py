@@ -1,0 +1,129 @@
+"""One SQLite file in WAL mode, versioned migrations, and a single writer.
+
+aiosqlite runs one thread per connection. Two writing connections would make SQLite's busy
+handler sleep-poll (1 ms to 100 ms steps), which wrecks webhook ack latency; so every write
+goes through one connection, and transactions take turns on an asyncio lock, which is fair
+and never polls. Readers (status, admin) get their own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+
+from bot.errors import StoreUnavailable
+from bot.store.migrations import MIGRATIONS
+
+__all__ = ["Database"]
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._lock = asyncio.Lock()  # FIFO-fair: writers take turns in arrival order
+
+    @classmethod
+    async def open(cls, path: Path, synchronous: str = "NORMAL") -> Database:
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            writer = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the database {path}: {exc}") from exc
+        try:
+            await _configure(writer, synchronous)
+            await migrate(writer)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            await _configure(reader, synchronous)
+            await reader.execute("PRAGMA query_only = ON")
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction at a time; rolled back whole if anything inside fails."""
+        async with self._lock:
+            try:
+                await self._writer.execute("BEGIN IMMEDIATE")
+                yield self._writer
+            except BaseException:
+                # Also when cancelled mid-BEGIN: the connection's thread runs its queue in
+                # order, so this ROLLBACK comes after whatever was already submitted.
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.shield(self._writer.execute("ROLLBACK"))
+                raise
+            else:
+                await self._writer.execute("COMMIT")
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        return self._reader
+
+    async def schema_version(self) -> int:
+        async with self._reader.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def _configure(conn: aiosqlite.Connection, synchronous: str) -> None:
+    if synchronous not in {"NORMAL", "FULL"}:
+        raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+    await conn.execute("PRAGMA journal_mode = WAL")
+    await conn.execute(f"PRAGMA synchronous = {synchronous}")
+    await conn.execute("PRAGMA busy_timeout = 5000")
+    await conn.execute("PRAGMA foreign_keys = ON")
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Apply every migration newer than the file's `user_version`, each in its own transaction."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise StoreUnavailable(
+            f"the database is at schema version {version}, newer than this bot knows "
+            f"({len(MIGRATIONS)}): upgrade the bot"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(script):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+        log.info("database migrated to schema version %d", number)
+    return len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

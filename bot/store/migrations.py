@@ -1,0 +1,143 @@
+"""Schema migrations, applied in order; `PRAGMA user_version` records how far a file is.
+
+Never edit a migration that has shipped: append a new one. Times are integer milliseconds
+since the epoch, UTC.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the inbox, event de-duplication, contacts and conversation state, the outbox, send log.
+    """
+    CREATE TABLE inbox (
+        id INTEGER PRIMARY KEY,
+        received_at INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        state TEXT NOT NULL DEFAULT 'new' CHECK (state IN ('new', 'done', 'bad')),
+        events INTEGER,
+        error TEXT,
+        processed_at INTEGER
+    );
+    CREATE INDEX inbox_new ON inbox (id) WHERE state = 'new';
+
+    -- One row per distinct event ever seen: Meta retries and duplicates deliveries.
+    CREATE TABLE events (
+        account_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        user_id TEXT,
+        kind TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        inbox_id INTEGER NOT NULL,
+        PRIMARY KEY (account_id, key)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE contacts (
+        account_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        username TEXT,
+        name TEXT,
+        email TEXT,
+        phone TEXT,
+        tags TEXT NOT NULL DEFAULT '[]',
+        fields TEXT NOT NULL DEFAULT '{}',
+        first_seen_at INTEGER NOT NULL,
+        last_seen_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, user_id)
+    ) WITHOUT ROWID;
+
+    -- Per (account, user): the policy core's ConversationState as its own JSON form
+    -- (bot.policy.to_dict), with copies of the times that queries select on.
+    CREATE TABLE conversations (
+        account_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        state TEXT NOT NULL,
+        last_user_message_at INTEGER,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, user_id)
+    ) WITHOUT ROWID;
+
+    -- Every comment with its text and media, for matching and audit. The private-reply basis
+    -- of a comment with a known author lives in that contact's state; `private_reply_at` here
+    -- is what guards comments whose author Meta left out (POLICY.md §2).
+    CREATE TABLE comments (
+        account_id TEXT NOT NULL,
+        comment_id TEXT NOT NULL,
+        user_id TEXT,
+        media_id TEXT,
+        parent_id TEXT,
+        text TEXT NOT NULL DEFAULT '',
+        live INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        private_reply_at INTEGER,
+        PRIMARY KEY (account_id, comment_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX comments_user ON comments (account_id, user_id, created_at);
+
+    -- Opt-in tokens by topic, kept in step with the contacts' state on every save, so a
+    -- broadcast can find who opted in to a topic without reading every conversation.
+    CREATE TABLE optin_tokens (
+        account_id TEXT NOT NULL,
+        token TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        topic TEXT,
+        frequency TEXT,
+        expires_at INTEGER,
+        stopped INTEGER NOT NULL DEFAULT 0,
+        used_at INTEGER,
+        last_sent_at INTEGER,
+        PRIMARY KEY (account_id, token)
+    ) WITHOUT ROWID;
+    CREATE INDEX optin_tokens_topic ON optin_tokens (account_id, kind, topic);
+
+    -- Sends decided but not yet made; written in the same transaction as the state change.
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        user_id TEXT,
+        comment_id TEXT,
+        kind TEXT NOT NULL,
+        intent TEXT NOT NULL,
+        body TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        due_at INTEGER NOT NULL,
+        deadline INTEGER,
+        created_at INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'sending', 'sent', 'dropped', 'unknown')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_until INTEGER,
+        source TEXT,
+        -- e.g. 'private_reply:<comment id>': the database itself refuses a second one.
+        once_key TEXT UNIQUE
+    );
+    CREATE INDEX outbox_pending ON outbox (account_id, due_at) WHERE state = 'pending';
+
+    CREATE TABLE send_log (
+        id INTEGER PRIMARY KEY,
+        outbox_id INTEGER,
+        account_id TEXT NOT NULL,
+        user_id TEXT,
+        comment_id TEXT,
+        at INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        kind TEXT,
+        basis TEXT,
+        reason TEXT,
+        detail TEXT,
+        message_id TEXT,
+        error_code INTEGER,
+        error_subcode INTEGER
+    );
+    CREATE INDEX send_log_account_at ON send_log (account_id, at);
+
+    CREATE TABLE account_state (
+        account_id TEXT PRIMARY KEY,
+        paused_reason TEXT,
+        paused_at INTEGER,
+        paused_until INTEGER
+    );
+    """,
+]

@@ -1,0 +1,98 @@
+"""Meta's webhook endpoint: verify, store, answer. Nothing else happens on the request path.
+
+Meta wants a 200 within 5 s and unsubscribes an app whose messaging webhooks fail for an hour
+(POLICY.md §2), so the handler only checks the signature, appends the raw bytes to the inbox
+and answers; parsing and every decision happen later in the inbox worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from bot.errors import StoreUnavailable
+from bot.metrics import Metrics
+from bot.store.inbox import InboxWriter
+
+__all__ = ["INBOX", "WEBHOOK", "WebhookSettings", "add_routes", "signature_valid", "sign"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    app_secret: bytes
+    verify_token: str
+    path: str = "/webhook"
+
+    def __repr__(self) -> str:  # never print a secret, even by accident
+        return f"WebhookSettings(path={self.path!r})"
+
+
+WEBHOOK = web.AppKey("webhook", WebhookSettings)
+INBOX = web.AppKey("inbox", InboxWriter)
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The `X-Hub-Signature-256` value Meta sends for `body`."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def signature_valid(secret: bytes, body: bytes, header: str | None) -> bool:
+    """HMAC-SHA256 of the raw bytes as received, compared in constant time (POLICY.md §2)."""
+    if not header or not header.startswith("sha256="):
+        return False
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header[7:].strip().lower())
+
+
+async def handshake(request: web.Request) -> web.StreamResponse:
+    settings = request.app[WEBHOOK]
+    q = request.query
+    token = q.get("hub.verify_token", "")
+    if q.get("hub.mode") == "subscribe" and hmac.compare_digest(
+        token.encode(), settings.verify_token.encode()
+    ):
+        log.info("webhook subscription verified")
+        return web.Response(text=q.get("hub.challenge", ""))
+    request.app[METRICS].inc("webhook_handshakes_refused", help="failed GET verifications")
+    log.warning("webhook verification refused: wrong mode or verify token")
+    return web.Response(status=403, text="verification failed")
+
+
+async def receive(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    metrics = app[METRICS]
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        metrics.inc("webhook_rejected", reason="too_large", help="deliveries refused")
+        log.warning("webhook body of %s bytes over the limit refused", request.content_length)
+        raise
+    if not signature_valid(
+        app[WEBHOOK].app_secret, body, request.headers.get("X-Hub-Signature-256")
+    ):
+        metrics.inc("webhook_rejected", reason="bad_signature", help="deliveries refused")
+        log.warning(
+            "webhook delivery with a missing or wrong signature refused (%d bytes)", len(body)
+        )
+        return web.Response(status=403, text="bad signature")
+    try:
+        await app[INBOX].append(body)
+    except StoreUnavailable as exc:
+        # Nothing is acknowledged that was not stored: 503 makes Meta retry.
+        metrics.inc("webhook_rejected", reason="store_unavailable", help="deliveries refused")
+        log.error("webhook delivery not stored, answered 503: %s", exc)
+        return web.Response(status=503, text="try again")
+    metrics.inc("webhook_deliveries", help="deliveries stored")
+    return web.Response(text="EVENT_RECEIVED")
+
+
+def add_routes(app: web.Application, path: str) -> None:
+    app.router.add_get(path, handshake)
+    app.router.add_post(path, receive)

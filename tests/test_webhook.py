@@ -1,0 +1,354 @@
+"""Webhooks in without loss: signed deliveries into the running app over loopback."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from bot.clock import VirtualClock, from_ms
+from bot.policy import ConversationState
+from bot.simulator import Simulator
+from bot.store.conversations import load_state
+from bot.store.migrations import MIGRATIONS
+from bot.webhook import sign
+from tests.conftest import (
+    APP_SECRET,
+    FB_PAGE,
+    IG_ACCOUNT,
+    VERIFY_TOKEN,
+    body_of,
+    ig_comment,
+    ig_dm,
+    post_signed,
+    runtime,
+)
+
+
+async def rows(client: TestClient[Any, Any], sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    db = runtime(client).db
+    assert db is not None
+    async with db.reader.execute(sql, args) as cur:
+        return [tuple(r) for r in await cur.fetchall()]
+
+
+async def drain(client: TestClient[Any, Any]) -> int:
+    worker = runtime(client).worker
+    assert worker is not None
+    return await worker.drain()
+
+
+async def state_of(client: TestClient[Any, Any], user: str) -> ConversationState:
+    db = runtime(client).db
+    assert db is not None
+    return await load_state(
+        db.reader, IG_ACCOUNT, user, runtime(client).config.accounts[0].platform
+    )
+
+
+# --- the handshake -------------------------------------------------------------------------
+
+
+async def test_handshake_answers_the_challenge_when_the_verify_token_matches(
+    client: TestClient[Any, Any],
+) -> None:
+    resp = await client.get(
+        "/webhook",
+        params={"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "42x"},
+    )
+    assert resp.status == 200
+    assert await resp.text() == "42x"
+
+
+async def test_handshake_is_refused_with_a_wrong_token_or_mode(
+    client: TestClient[Any, Any],
+) -> None:
+    for params in (
+        {"hub.mode": "subscribe", "hub.verify_token": "nope", "hub.challenge": "1"},
+        {"hub.mode": "unsubscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1"},
+        {},
+    ):
+        resp = await client.get("/webhook", params=params)
+        assert resp.status == 403
+
+
+# --- signatures and bad input --------------------------------------------------------------
+
+
+async def test_missing_or_wrong_signature_is_refused_and_nothing_is_stored(
+    client: TestClient[Any, Any],
+) -> None:
+    body = body_of(ig_comment("c1", "PRICING"))
+    for headers in (
+        {},
+        {"X-Hub-Signature-256": "sha256=" + "0" * 64},
+        {"X-Hub-Signature-256": sign(b"another-secret", body)},
+        {"X-Hub-Signature-256": sign(APP_SECRET.encode(), body)[7:]},  # no sha256= prefix
+    ):
+        resp = await client.post("/webhook", data=body, headers=headers)
+        assert resp.status == 403
+    assert await rows(client, "SELECT count(*) FROM inbox") == [(0,)]
+    assert runtime(client).metrics.get("webhook_rejected", reason="bad_signature") == 4
+
+
+async def test_signature_is_checked_over_the_raw_bytes_not_reserialised_json(
+    client: TestClient[Any, Any],
+) -> None:
+    # Meta signs the escaped-unicode form; a bot that re-serialises would compute another HMAC.
+    raw = json.dumps(ig_comment("c-uni", "précio 💸"), ensure_ascii=True).replace("/", "\\/")
+    assert await post_signed(client, raw.encode()) == 200
+    await drain(client)
+    assert await rows(client, "SELECT text FROM comments") == [("précio 💸",)]
+
+
+async def test_signed_body_that_is_not_json_is_kept_answered_200_and_shown_to_the_operator(
+    client: TestClient[Any, Any],
+) -> None:
+    assert await post_signed(client, b"{not json") == 200
+    assert await post_signed(client, b"[1, 2, 3]") == 200
+    await drain(client)
+    bad = await rows(client, "SELECT state, error FROM inbox ORDER BY id")
+    assert [b[0] for b in bad] == ["bad", "bad"]
+    assert all(b[1] for b in bad)
+    health = await (await client.get("/healthz")).json()
+    assert health["inbox"]["bad"] == 2
+    assert "bot_deliveries_bad_total 2" in await (await client.get("/metrics")).text()
+
+
+async def test_unknown_object_and_field_are_stored_and_ignored_without_a_crash(
+    client: TestClient[Any, Any],
+) -> None:
+    unknown_object = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": []}]}
+    unknown_field = {
+        "object": "instagram",
+        "entry": [
+            {
+                "id": IG_ACCOUNT,
+                "time": 1772449200,
+                "changes": [{"field": "story_insights", "value": {"reach": 3}}],
+            }
+        ],
+    }
+    assert await post_signed(client, unknown_object) == 200
+    assert await post_signed(client, unknown_field) == 200
+    assert await post_signed(client, ig_comment("c-after", "hello")) == 200
+    await drain(client)
+    assert await rows(client, "SELECT state FROM inbox ORDER BY id") == [
+        ("done",),
+        ("done",),
+        ("done",),
+    ]
+    assert await rows(client, "SELECT comment_id FROM comments") == [("c-after",)]
+
+
+async def test_body_over_the_limit_is_refused_with_413(
+    aiohttp_client: Any, tmp_path: Any, clock: VirtualClock
+) -> None:
+    from bot.app import create_app
+    from tests.conftest import make_config
+
+    app = create_app(make_config(tmp_path, max_body_bytes=2048), clock=clock, start_workers=False)
+    client = await aiohttp_client(app)
+    big = json.dumps(ig_comment("c1", "x" * 4000)).encode()
+    resp = await client.post(
+        "/webhook", data=big, headers={"X-Hub-Signature-256": sign(APP_SECRET.encode(), big)}
+    )
+    assert resp.status == 413
+    assert await rows(client, "SELECT count(*) FROM inbox") == [(0,)]
+
+
+async def test_store_that_cannot_write_answers_503_so_meta_retries(
+    client: TestClient[Any, Any],
+) -> None:
+    db = runtime(client).db
+    assert db is not None
+    async with db.transaction() as conn:
+        await conn.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON inbox"
+            " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    assert await post_signed(client, ig_comment("c1", "PRICING")) == 503
+    async with db.transaction() as conn:
+        await conn.execute("DROP TRIGGER full")
+    # Meta's retry then lands, and exactly one copy is stored.
+    assert await post_signed(client, ig_comment("c1", "PRICING")) == 200
+    assert await rows(client, "SELECT count(*) FROM inbox") == [(1,)]
+
+
+# --- exactly once, in order ----------------------------------------------------------------
+
+
+async def test_retried_and_duplicated_deliveries_give_each_event_once(
+    client: TestClient[Any, Any],
+) -> None:
+    delivery = ig_comment("c1", "PRICING")
+    for _ in range(3):
+        assert await post_signed(client, delivery) == 200
+    # An ads duplicate: the same comment in another delivery with another entry time.
+    assert await post_signed(client, ig_comment("c1", "PRICING", time_s=1772449260)) == 200
+    await drain(client)
+    assert await rows(client, "SELECT count(*) FROM events") == [(1,)]
+    assert await rows(client, "SELECT comment_id FROM comments") == [("c1",)]
+    assert runtime(client).metrics.get("events_duplicate") == 3
+
+
+async def test_a_batch_of_1000_changes_is_stored_and_processed_whole(
+    client: TestClient[Any, Any],
+) -> None:
+    changes = [
+        {
+            "field": "comments",
+            "value": {
+                "id": f"c{i}",
+                "text": "PRICING",
+                "from": {"id": f"u{i % 50}"},
+                "media": {"id": "m"},
+            },
+        }
+        for i in range(1000)
+    ]
+    delivery = {
+        "object": "instagram",
+        "entry": [{"id": IG_ACCOUNT, "time": 1772449200, "changes": changes}],
+    }
+    assert await post_signed(client, delivery) == 200
+    await drain(client)
+    assert await rows(client, "SELECT count(*) FROM comments") == [(1000,)]
+    assert await rows(client, "SELECT count(*) FROM contacts") == [(50,)]
+    assert await rows(client, "SELECT events, state FROM inbox") == [(1000, "done")]
+
+
+async def test_out_of_order_deliveries_never_rewind_the_window(
+    client: TestClient[Any, Any],
+) -> None:
+    later, earlier = 1772449200000 + 3_600_000, 1772449200000
+    assert await post_signed(client, ig_dm("m2", "second", ts_ms=later)) == 200
+    await drain(client)
+    assert await post_signed(client, ig_dm("m1", "first", ts_ms=earlier)) == 200
+    await drain(client)
+    state = await state_of(client, "user-1")
+    assert state.last_user_message_at == from_ms(later)
+
+
+async def test_echoes_never_extend_the_window(client: TestClient[Any, Any]) -> None:
+    t0 = 1772449200000
+    assert await post_signed(client, ig_dm("m1", "hi", ts_ms=t0)) == 200
+    assert (
+        await post_signed(client, ig_dm("m2", "our answer", ts_ms=t0 + 60_000, echo=True)) == 200
+    )
+    await drain(client)
+    state = await state_of(client, "user-1")
+    assert state.last_user_message_at == from_ms(t0)
+
+
+async def test_the_accounts_own_comments_are_ignored(client: TestClient[Any, Any]) -> None:
+    assert await post_signed(client, ig_comment("c-own", "thanks!", user=IG_ACCOUNT)) == 200
+    await drain(client)
+    assert await rows(client, "SELECT count(*) FROM comments") == [(0,)]
+    assert await rows(client, "SELECT count(*) FROM contacts") == [(0,)]
+
+
+async def test_a_comment_without_its_author_is_kept_for_its_private_reply(
+    client: TestClient[Any, Any],
+) -> None:
+    assert await post_signed(client, ig_comment("c-anon", "PRICING", user=None)) == 200
+    await drain(client)
+    assert await rows(client, "SELECT comment_id, user_id FROM comments") == [("c-anon", None)]
+
+
+async def test_events_for_an_account_the_bot_does_not_serve_are_ignored(
+    client: TestClient[Any, Any],
+) -> None:
+    assert await post_signed(client, ig_comment("c9", "PRICING", account="999")) == 200
+    await drain(client)
+    assert await rows(client, "SELECT count(*) FROM comments") == [(0,)]
+    assert runtime(client).metrics.get("events_ignored", reason="unknown_account") == 1
+
+
+# --- every event shape, as Meta's side plays it --------------------------------------------
+
+
+async def test_every_event_shape_from_metas_side_is_stored_and_understood(
+    client: TestClient[Any, Any], clock: VirtualClock
+) -> None:
+    cfg = runtime(client).config
+    sim = Simulator(
+        clock, list(cfg.accounts), APP_SECRET, str(client.make_url("/webhook")), echoes=False
+    )
+    async with sim:
+        p = sim.player
+        delivered = [
+            await p.comment(IG_ACCOUNT, "alice", "reel1", "PRICING"),
+            await p.live_comment(IG_ACCOUNT, "bob", "live1", "LINK"),
+            await p.comment(FB_PAGE, "carol", "post1", "price?"),
+            await p.dm(IG_ACCOUNT, "alice", "is there a yearly plan?"),
+            await p.story_reply(IG_ACCOUNT, "dave", "story1", "love it"),
+            await p.story_mention(IG_ACCOUNT, "erin", "https://cdn.example/s.jpg"),
+            await p.quick_reply(IG_ACCOUNT, "alice", "YEARLY", "Yearly"),
+            await p.postback(FB_PAGE, "carol", "GET_STARTED", "Get started"),
+            await p.referral(FB_PAGE, "frank", "summer-sale"),
+            await p.optin(FB_PAGE, "carol", "one_time_notif_req", "restock"),
+            await p.optin(IG_ACCOUNT, "alice", "notification_messages", "flash", "WEEKLY"),
+            await p.stop(IG_ACCOUNT, "alice", "flash"),
+        ]
+        clock.advance(timedelta(minutes=1))
+        delivered += [
+            await p.resume(IG_ACCOUNT, "alice", "flash"),
+            await p.read(IG_ACCOUNT, "alice", mid="m_ours_1"),
+            await p.react(IG_ACCOUNT, "alice", mid="m_ours_1"),
+        ]
+    assert [d.status for d in delivered] == [200] * len(delivered)
+    await drain(client)
+    kinds = await rows(client, "SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind")
+    assert dict(kinds) == {
+        "Comment": 3,
+        "Message": 4,
+        "OptIn": 4,
+        "Postback": 1,
+        "Reaction": 1,
+        "Read": 1,
+        "Referral": 1,
+    }
+    assert await rows(client, "SELECT state FROM inbox WHERE state != 'done'") == []
+    alice = await state_of(client, sim.user_id("alice"))
+    assert [t.topic for t in alice.tokens] == ["flash"]
+    assert not alice.tokens[0].stopped  # the RESUME came a minute after the STOP
+    dave = await state_of(client, sim.user_id("dave"))
+    assert dave.last_user_message_at is not None  # a story reply opens the window
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+async def test_migrations_build_the_schema_from_an_empty_file_and_reopen_cleanly(
+    tmp_path: Any,
+) -> None:
+    from bot.store.db import Database
+
+    path = tmp_path / "fresh.sqlite3"
+    db = await Database.open(path)
+    assert await db.schema_version() == len(MIGRATIONS)
+    async with db.reader.execute("PRAGMA journal_mode") as cur:
+        assert (await cur.fetchone())[0] == "wal"  # type: ignore[index]
+    await db.close()
+    db = await Database.open(path, "FULL")
+    assert await db.schema_version() == len(MIGRATIONS)
+    await db.close()
+
+
+async def test_deliveries_survive_a_restart_before_they_are_processed(
+    aiohttp_client: Any, tmp_path: Any, clock: VirtualClock
+) -> None:
+    from bot.app import create_app
+    from tests.conftest import make_config
+
+    cfg = make_config(tmp_path)
+    first = await aiohttp_client(create_app(cfg, clock=clock, start_workers=False))
+    assert await post_signed(first, ig_comment("c1", "PRICING")) == 200
+    await first.close()
+    clock.advance(timedelta(minutes=5))
+    second = await aiohttp_client(create_app(cfg, clock=clock, start_workers=False))
+    assert await drain(second) == 1
+    assert await rows(second, "SELECT comment_id FROM comments") == [("c1",)]
