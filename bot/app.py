@@ -23,6 +23,8 @@ from bot.graph import GraphClient
 from bot.inbox_worker import InboxWorker
 from bot.metrics import Metrics
 from bot.policy import PolicyProfile, load_profile
+from bot.scheduler import ClockWakeup, SchedulerWakeup, Wakeup
+from bot.sender import Sender
 from bot.store.db import Database
 from bot.store.inbox import InboxWriter, inbox_counts
 from bot.webhook import INBOX, METRICS, WEBHOOK, WebhookSettings, add_routes
@@ -45,6 +47,8 @@ class Runtime:
     worker: InboxWorker | None = None
     engine: Engine | None = None
     graph: GraphClient | None = None
+    sender: Sender | None = None
+    wakeup: Wakeup | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     dead: list[str] = field(default_factory=list)
 
@@ -93,15 +97,33 @@ def create_app(
             yield
 
     async def workers(app: web.Application) -> AsyncIterator[None]:
-        assert rt.db is not None and rt.inbox is not None
+        assert rt.db is not None and rt.inbox is not None and rt.graph is not None
+        aps = SchedulerWakeup() if isinstance(clock, SystemClock) else None
+        rt.wakeup = aps or ClockWakeup(clock)
         rt.engine = Engine(rt.db, clock, profile, metrics, config)
         rt.worker = InboxWorker(
-            rt.db, clock, rt.engine, metrics, wake=rt.inbox.committed, ingest_busy=rt.inbox.busy
+            rt.db,
+            clock,
+            rt.engine,
+            metrics,
+            wake=rt.inbox.committed,
+            ingest_busy=rt.inbox.busy,
+            on_commit=rt.wakeup.kick,
         )
+        rt.sender = Sender(rt.db, clock, rt.graph, profile, config, metrics)
+        stopping = asyncio.Event()
         if start_workers:
+            if aps is not None:
+                aps.start()
+            await rt.sender.recover()
             _spawn(rt, rt.worker.run(), "inbox-worker")
+            _spawn(rt, _dispatch(rt.sender, rt.wakeup, stopping), "sender")
         yield
         rt.worker.stop()
+        stopping.set()
+        rt.wakeup.kick()
+        if aps is not None:
+            aps.shutdown()
         for task in list(rt.tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -115,6 +137,22 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
     return app
+
+
+async def _dispatch(sender: Sender, wakeup: Wakeup, stopping: asyncio.Event) -> None:
+    """The sender's loop: send what is due, then sleep until the next due time or a kick."""
+    while not stopping.is_set():
+        try:
+            await sender.run_due()
+        except Exception:
+            # A store hiccup must not end sending for good; the rows are still in SQLite.
+            log.exception("the sender failed a round; trying again shortly")
+            sender.next_wake = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 1.0)
+            continue
+        if not stopping.is_set():
+            await wakeup.wait(sender.next_wake)
 
 
 def _spawn(rt: Runtime, coro: object, name: str) -> None:

@@ -43,6 +43,7 @@ class InboxWorker:
         *,
         wake: asyncio.Event | None = None,
         ingest_busy: Callable[[], bool] = lambda: False,
+        on_commit: Callable[[], None] = lambda: None,
         batch: int = 32,
         poll_seconds: float = 1.0,
         busy_share: float = 0.25,
@@ -57,6 +58,7 @@ class InboxWorker:
         self._stopping = False
         self._ingest_busy = ingest_busy
         self._busy_share = busy_share
+        self._on_commit = on_commit
 
     def stop(self) -> None:
         """Finish the batch under way, then return from `run` (never cancel mid-batch)."""
@@ -137,6 +139,7 @@ class InboxWorker:
             if fresh:
                 await self._sink.handle(conn, contact_order(ev for _, ev in fresh))
             await mark_processed(conn, results, at_ms=now_ms)
+        self._on_commit()
 
     async def _quarantine(self, row: InboxRow, reason: str) -> None:
         self._metrics.inc("deliveries_bad", help="signed deliveries that didn't parse")

@@ -42,7 +42,9 @@ _SKIP_SUFFIXES = (".md",)
 _PROFILE: contextvars.ContextVar[PlatformProfile | None] = contextvars.ContextVar(
     "template_platform_profile", default=None
 )
-_HINT = re.compile(r"'([^']+)' is undefined|has no attribute '([^']+)'")
+_HINT = re.compile(
+    r"'([^']+)' is undefined|has no attribute '([^']+)'|undefined: ([\w.]+) is not defined"
+)
 
 
 class TemplateFailure(BotError):
@@ -60,7 +62,9 @@ class TemplateFailure(BotError):
     def hint(self) -> str | None:
         """The undefined name or attribute, when that is what failed."""
         m = _HINT.search(self.reason)
-        return None if m is None else m.group(1) or m.group(2)
+        if m is None:
+            return None
+        return m.group(1) or m.group(2) or m.group(3).rsplit(".", 1)[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +256,12 @@ class TemplateSet:
             raise TemplateFailure(name, _reason(exc), exc.lineno) from None
         except Exception as exc:  # any failure inside a template must be a value, not a crash
             line = _template_line(exc.__traceback__, self.file_of(name))
-            raise TemplateFailure(name, _reason(exc), line) from None
+            reason = _reason(exc)
+            if isinstance(exc, UndefinedError):
+                expr = self._expression(name, line, reason)
+                if expr:
+                    reason = f"undefined: {expr} is not defined here"
+            raise TemplateFailure(name, reason, line) from None
         finally:
             _PROFILE.reset(token)
         text = text.strip()
@@ -262,15 +271,26 @@ class TemplateSet:
             raise TemplateFailure(name, over_limit(platform_profile, text))
         return Rendered(text)
 
+    def _expression(self, name: str, line: int | None, reason: str) -> str | None:
+        """The dotted name that is undefined (`answers.size`), read from the template line."""
+        m = _HINT.search(reason)
+        lines = self._sources.get(name, "").splitlines()
+        if m is None or line is None or not 0 < line <= len(lines):
+            return None
+        hint = m.group(1) or m.group(2)
+        found = re.search(rf"[A-Za-z_][\w.]*\b{re.escape(hint)}\b", lines[line - 1])
+        return found.group(0) if found else None
+
     def locate(self, failure: TemplateFailure) -> tuple[int, int]:
-        """Line and column of a failure inside its template (column of the undefined name
-        when it can be found on that line, else 1)."""
+        """Line and column of a failure inside its template: the column of the undefined
+        name when it can be found on that line, else 1."""
         line = failure.line or 1
-        source = self._sources.get(failure.template, "")
-        lines = source.splitlines()
+        lines = self._sources.get(failure.template, "").splitlines()
         hint = failure.hint
         if hint and 0 < line <= len(lines):
-            col = lines[line - 1].find(hint)
+            text = lines[line - 1]
+            found = re.search(rf"[A-Za-z_][\w.]*\b{re.escape(hint)}\b", text)
+            col = found.start() if found else text.find(hint)
             if col >= 0:
                 return line, col + 1
         return line, 1

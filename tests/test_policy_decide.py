@@ -223,6 +223,12 @@ def test_a_human_inside_the_24h_window_uses_the_standard_window() -> None:
     assert allowed(state_of([dm(T0)]), intent, T0 + H).basis is BasisKind.STANDARD_WINDOW
 
 
+def test_a_human_support_reply_never_spends_a_one_time_token() -> None:
+    state = state_of([dm(T0), one_time(T0, topic="restock")])
+    intent = Intent(author=Author.HUMAN, content=Content.SUPPORT, topic="restock")
+    assert allowed(state, intent, T0 + 2 * D).basis is BasisKind.HUMAN_AGENT
+
+
 def test_human_agent_window_closes_seven_days_after_the_latest_message() -> None:
     d = refused(state_of([dm(T0)]), HUMAN_SUPPORT, T0 + 7 * D)
     assert (d.reason, d.next_possible) == (R.HUMAN_AGENT_WINDOW_CLOSED, None)
@@ -370,6 +376,11 @@ def test_deadline_is_when_the_chosen_basis_closes() -> None:
 def test_a_contradictory_intent_is_a_programming_error(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         Intent(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_naive_now_is_a_programming_error() -> None:
+    with pytest.raises(ValueError):
+        decide(state_of([dm(T0)]), PROMO, T0.replace(tzinfo=None), PROFILE)
 
 
 def test_rules_for_the_wrong_platform_are_a_programming_error() -> None:

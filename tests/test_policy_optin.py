@@ -188,6 +188,18 @@ def test_marketing_messages_at_most_one_per_frequency_period() -> None:
         assert allowed(state, VIA_MARKETING, T0 + H + period)
 
 
+def test_with_two_optins_for_a_topic_the_longest_frequency_holds() -> None:
+    state = state_of([optin(T0, frequency="WEEKLY"), optin(T0 + H, token="tok-2")])
+    state = sent(state, VIA_MARKETING, T0 + D)
+    d = refused(state, VIA_MARKETING, T0 + 2 * D)
+    assert (d.reason, d.next_possible) == (R.FREQUENCY_LIMIT, T0 + 8 * D)
+
+
+def test_a_marketing_token_without_a_known_frequency_is_treated_as_monthly() -> None:
+    state = sent(state_of([optin(T0, frequency=None)]), VIA_MARKETING, T0 + H)
+    assert refused(state, VIA_MARKETING, T0 + 2 * H).next_possible == T0 + H + 30 * D
+
+
 def test_a_stop_ends_marketing_messages_at_once_and_resume_restores_them() -> None:
     state = state_of([optin(T0), stop(T0 + D)])
     d = refused(state, VIA_MARKETING, T0 + D)

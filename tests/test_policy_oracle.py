@@ -115,9 +115,8 @@ class Oracle:
         active = [t for t in tokens if now < self.expiry(t) and not self.stopped(t)]
         if not self.rules.marketing_messages or not active:
             return False
-        # The frequency the user chose on their most recent opt-in governs the topic.
-        newest = max(active, key=lambda t: (t.timestamp, t.token or ""))
-        period = PERIODS.get(newest.frequency or "", 30 * DAY)
+        # One per period per topic; several opt-ins for a topic: the longest period holds.
+        period = max(PERIODS.get(t.frequency or "", 30 * DAY) for t in tokens)
         marketing = BasisKind.MARKETING_MESSAGE
         sent = [t for t, a in self.sends if a.basis is marketing and a.topic == topic]
         return all(now - t >= period for t in sent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 from test_policy_helpers import (
     T0,
@@ -25,6 +26,7 @@ from bot.policy import (
     ConversationState,
     Intent,
     OptInRequest,
+    RefusalReason,
     apply_event,
     decide,
     default_profile,
@@ -171,3 +173,11 @@ def test_a_deleted_or_echoed_message_is_not_user_initiated() -> None:
 def test_a_private_reply_allowed_names_the_comment() -> None:
     d = decide(state_of([comment(T0)]), Intent(comment_id="c1"), T0, PROFILE)
     assert isinstance(d, Allowed) and d.basis is BasisKind.PRIVATE_REPLY
+
+
+def test_every_refusal_reason_is_pinned_by_a_named_test() -> None:
+    text = "".join(
+        p.read_text(encoding="utf-8") for p in Path(__file__).parent.glob("test_policy_*.py")
+    )
+    missing = [r.name for r in RefusalReason if f"R.{r.name}" not in text]
+    assert not missing, f"no test produces {missing}"

@@ -70,7 +70,7 @@ class _Out:
 
 
 def _human(d: timedelta) -> str:
-    """"24h", "30h", "2d": how creators write these durations."""
+    """ "24h", "30h", "2d": how creators write these durations."""
     seconds = int(d.total_seconds())
     if seconds % 86400 == 0 and seconds >= 2 * 86400:
         return f"{seconds // 86400}d"
@@ -246,7 +246,7 @@ def _before_reply(out: _Out, flow: Flow) -> None:
         known = facts.get(step.id)
         if known is None or REPLIED in known:
             continue
-        if isinstance(step, SendStep | RequestOptin):
+        if isinstance(step, SendStep | RequestOptin | Collect):
             out.add(
                 flow,
                 (*step.path, "type"),

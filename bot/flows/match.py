@@ -325,6 +325,14 @@ class MatchIndex:
 
     def match(self, event: Event) -> Candidate | None:
         """The one flow `event` starts, or None."""
+        if type(event) is Comment:
+            # The hot path (a viral reel): the same as probe() + match_probe(), minus the Probe.
+            own = event.user_id is not None and event.user_id == event.account_id
+            if event.standby or own or event.verb is not _ADD:
+                return None
+            media = event.media_id or event.post_id
+            reply = event.parent_id is not None
+            return self._text(_COMMENT, event.platform, event.live, media, reply, event.text)
         pr = probe(event)
         return None if pr is None else self.match_probe(pr)
 
@@ -334,17 +342,25 @@ class MatchIndex:
                 found = self._payloads.get((kind, pr.platform), {}).get(value)
                 best = _best(found, False) if found else None
             else:
-                best = self._text(kind, pr, value)
+                best = self._text(kind, pr.platform, pr.live, pr.media_id, pr.is_reply, value)
             if best is not None:
                 return best
         return None
 
-    def _text(self, kind: TriggerType, pr: Probe, text: str) -> Candidate | None:
-        by_media = self._scopes.get((id(kind), id(pr.platform), pr.live))
+    def _text(
+        self,
+        kind: TriggerType,
+        platform: Platform,
+        live: bool,
+        media_id: str | None,
+        is_reply: bool,
+        text: str,
+    ) -> Candidate | None:
+        by_media = self._scopes.get((id(kind), id(platform), live))
         if by_media is None:
             return None
         t_any = by_media.get(ANY_MEDIA)
-        t_media = by_media.get(pr.media_id) if pr.media_id is not None else None
+        t_media = by_media.get(media_id) if media_id is not None else None
         if t_any is None and t_media is None:
             return None
         toks = words(text)
@@ -353,7 +369,7 @@ class MatchIndex:
             t_any.collect(toks, text, found)
         if t_media is not None:
             t_media.collect(toks, text, found)
-        return _best(found, pr.is_reply) if found else None
+        return _best(found, is_reply) if found else None
 
 
 def keyword_matches(keyword: str, mode: MatchMode, text: str) -> bool:

@@ -275,12 +275,15 @@ def marketing_message(
     if not active:
         return Refused(R.OPTED_OUT, f"This person stopped marketing messages for {topic!r}.")
     token = max(active, key=lambda t: (t.received_at, t.token))
-    # The frequency the user agreed to counts per topic, across every token for it.
+    # One message per period per topic, across every token for it; if the user opted in more
+    # than once, the longest period they chose holds (never more often than they agreed to,
+    # and the answer can't change as tokens expire, so `next_possible` stays exact).
     sent = [t.last_sent_at for t in tokens if t.last_sent_at is not None]
+    slowest = max(tokens, key=lambda t: frequency_period(t.frequency))
     if sent:
-        next_at = max(sent) + frequency_period(token.frequency)
+        next_at = max(sent) + frequency_period(slowest.frequency)
         if now < next_at:
-            freq = (token.frequency or "monthly").lower()
+            freq = (slowest.frequency or "monthly").lower()
             return Refused(
                 R.FREQUENCY_LIMIT,
                 f"This person agreed to {freq} messages on {topic!r}; the last went at "

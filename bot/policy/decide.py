@@ -46,6 +46,11 @@ def _rules(profile: PolicyProfile | PlatformProfile, state: ConversationState) -
     return profile
 
 
+def _aware(now: datetime) -> None:
+    if now.tzinfo is None:
+        raise ValueError("`now` must be an aware UTC datetime")
+
+
 def _gates(state: ConversationState, intent: Intent) -> Refused | None:
     """Refusals that hold whatever the route, and that no amount of waiting lifts."""
     if bases.is_unreachable(state):
@@ -79,11 +84,20 @@ def _gates(state: ConversationState, intent: Intent) -> Refused | None:
 def _candidates(
     state: ConversationState, intent: Intent, now: datetime, p: PlatformProfile
 ) -> list[tuple[int, Decision]]:
-    """Every basis the intent could use, best first, each with a refusal priority."""
+    """Every basis a route-less intent could use, best first.
+
+    Each comes with the weight its refusal gets when all of them refuse: what the intent asked
+    for (a tag) says most, then a token for its topic, then the human-agent window, then the
+    plain windows. A human's support reply takes the human-agent tag before any token, so it
+    never spends the user's one-time notification.
+    """
     out: list[tuple[int, Decision]] = [(0, bases.standard_window(state, now, p))]
     ad = bases.ad_referral(state, now, p)
     if ad is not None:
         out.append((0, ad))
+    wants_agent = intent.tag == HUMAN_AGENT_TAG
+    if intent.author is Author.HUMAN and (wants_agent or intent.content is Content.SUPPORT):
+        out.append((3 if wants_agent else 1, bases.human_agent(state, intent, now, p)))
     if intent.topic is not None:
         for kind, fn in (
             (OptInKind.MARKETING, bases.marketing_message),
@@ -92,13 +106,7 @@ def _candidates(
             has = any(t.kind is kind and t.topic == intent.topic for t in state.tokens)
             if has and p.optin_enabled(kind):
                 out.append((2, fn(state, intent.topic, now, p)))
-    if intent.author is Author.HUMAN and (
-        intent.tag == HUMAN_AGENT_TAG or intent.content is Content.SUPPORT
-    ):
-        out.append(
-            (3 if intent.tag == HUMAN_AGENT_TAG else 1, bases.human_agent(state, intent, now, p))
-        )
-    if intent.tag is not None and intent.tag != HUMAN_AGENT_TAG:
+    if intent.tag is not None and not wants_agent:
         out.append((3, bases.message_tag(state, intent, intent.tag, now, p)))
     return out
 
@@ -159,6 +167,7 @@ def decide(
     fires), and record what they sent with `record_send`.
     """
     p = _rules(profile, state)
+    _aware(now)
     decision = _evaluate(state, intent, now, p)
     if isinstance(decision, Allowed):
         return decision
@@ -189,6 +198,7 @@ def open_bases(
     the bases stay listed because the human can still use them.
     """
     p = _rules(profile, state)
+    _aware(now)
     if bases.is_unreachable(state):
         return []
     out: list[OpenBasis] = []

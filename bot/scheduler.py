@@ -1,0 +1,90 @@
+"""Waking the sender at the next due time. The truth about what is due lives in SQLite.
+
+One APScheduler job, re-aimed at the earliest due time, rather than a job per message: the
+memory job store costs about 0.8 KB a job and forgets everything on restart (issue 4). Its
+misfire handling is set on purpose: `misfire_grace_time=None` runs a late wake however late
+(the default 1 s grace silently skipped due jobs after a 2.5 s stall), and `coalesce` folds a
+backlog of wakes into one, because one wake sends everything that is due.
+
+`ClockWakeup` does the same over the injected clock, so a `VirtualClock` can move days in
+milliseconds in tests and `bot simulate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+from typing import Protocol
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+
+from bot.clock import Clock
+
+__all__ = ["ClockWakeup", "SchedulerWakeup", "Wakeup"]
+
+
+class Wakeup(Protocol):
+    def kick(self) -> None:
+        """Something new is due now (the engine queued a send)."""
+
+    async def wait(self, until: datetime | None) -> None:
+        """Return at `until` (never, if None) or when kicked, whichever is first."""
+
+
+class ClockWakeup:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._kicked = asyncio.Event()
+
+    def kick(self) -> None:
+        self._kicked.set()
+
+    async def wait(self, until: datetime | None) -> None:
+        if self._kicked.is_set():
+            self._kicked.clear()
+            return
+        waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._kicked.wait())]
+        if until is not None:
+            waiters.append(asyncio.ensure_future(self._clock.sleep_until(until)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w
+        self._kicked.clear()
+
+
+class SchedulerWakeup:
+    """APScheduler on the wall clock, for the daemon."""
+
+    JOB = "wake-sender"
+
+    def __init__(self) -> None:
+        self._kicked = asyncio.Event()
+        self._scheduler = AsyncIOScheduler(
+            timezone="UTC",
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+        )
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        self._kicked.set()
+
+    def kick(self) -> None:
+        self._kicked.set()
+
+    async def wait(self, until: datetime | None) -> None:
+        if until is not None:
+            self._scheduler.add_job(
+                self.kick, DateTrigger(run_date=until), id=self.JOB, replace_existing=True
+            )
+        await self._kicked.wait()
+        self._kicked.clear()

@@ -1,0 +1,481 @@
+"""Drains the outbox: within each account's caps, earliest deadline first, asking the policy
+core once more at the moment of sending (POLICY.md §1: a queued or scheduled message must
+still have a basis when it goes), then records the outcome in the send log.
+
+The Graph API call happens outside any transaction: a row is leased ('sending') before the
+call and settled after it. A crash in between leaves it 'sending'; on restart such rows are
+settled by the `delivery` setting: at-most-once (default) marks them unknown, never resends.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiosqlite
+
+from bot.clock import Clock, from_ms, to_ms
+from bot.config import Account, Config
+from bot.graph import ErrorClass, GraphClient, GraphError, build_send_body
+from bot.metrics import Metrics
+from bot.policy import (
+    Allowed,
+    ConversationState,
+    PolicyProfile,
+    Refused,
+    decide,
+    mark_unreachable,
+    record_send,
+)
+from bot.store.conversations import (
+    load_comment,
+    load_state,
+    mark_comment_replied,
+    save_state,
+)
+from bot.store.db import Database
+from bot.store.outbox import (
+    OutboxItem,
+    Outcome,
+    SendKind,
+    claim_due,
+    finish,
+    log_send,
+    next_due_at,
+    pending_past_deadline,
+    release,
+    sends_since,
+    unclaim,
+)
+
+__all__ = ["Sender", "SenderSettings"]
+
+log = logging.getLogger(__name__)
+HOUR = timedelta(hours=1)
+SECOND = timedelta(seconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class SenderSettings:
+    # at_most_once: a send whose outcome is unknown is never repeated (a DM twice is worse
+    # than one lost); at_least_once: repeated, and reconciled with the echo where one comes.
+    delivery: str = "at_most_once"
+    max_attempts: int = 8
+    backoff_base: timedelta = timedelta(seconds=2)
+    backoff_max: timedelta = timedelta(minutes=10)
+    lease: timedelta = timedelta(minutes=2)
+
+
+class Sender:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        graph: GraphClient,
+        profile: PolicyProfile,
+        config: Config,
+        metrics: Metrics,
+        *,
+        settings: SenderSettings | None = None,
+        owner: str = "sender",
+        rng: random.Random | None = None,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._graph = graph
+        self._profile = profile
+        self._config = config
+        self._metrics = metrics
+        self._settings = settings or SenderSettings()
+        self._owner = owner
+        self._rng = rng or random.Random()
+        # Throttled accounts (code 4/17/32/613...): not before this time.
+        self._backoff_until: dict[str, datetime] = {}
+        self.next_wake: datetime | None = None
+
+    # --- the loop body -------------------------------------------------------------------
+
+    async def run_due(self) -> int:
+        """Send everything due now that the caps allow; set `next_wake`; return sends tried."""
+        now = self._clock.now()
+        await self._expire(now)
+        wakes: list[datetime] = []
+        tried = 0
+        for account in self._config.accounts:
+            paused, until = await self._paused(account.id, now)
+            if paused:
+                if until is not None:
+                    wakes.append(until)
+                continue
+            for private in (True, False):
+                n, wake = await self._run_class(account, private, now)
+                tried += n
+                if wake is not None:
+                    wakes.append(wake)
+        self.next_wake = max(min(wakes), now) if wakes else None
+        return tried
+
+    async def _run_class(
+        self, account: Account, private: bool, now: datetime
+    ) -> tuple[int, datetime | None]:
+        """Send what is due in one cap class; return sends tried and when to look again."""
+        throttled = self._backoff_until.get(account.id)
+        if throttled is not None and throttled > now:
+            return 0, throttled
+        rules = self._profile.for_platform(account.platform)
+        cap = rules.private_replies_per_hour if private else rules.automated_dms_per_hour
+        reader = self._db.reader
+        in_hour, oldest_in_hour = await sends_since(
+            reader, account.id, private_replies=private, since=now - HOUR
+        )
+        in_second, oldest_in_second = await sends_since(
+            reader, account.id, private_replies=private, since=now - SECOND
+        )
+        hour_room = cap - in_hour
+        room = min(hour_room, rules.calls_per_second - in_second)
+        if room > 0:
+            async with self._db.transaction() as conn:
+                items = await claim_due(
+                    conn,
+                    account.id,
+                    private_replies=private,
+                    now=now,
+                    limit=room,
+                    owner=self._owner,
+                    lease_until=now + self._settings.lease,
+                )
+            for i, item in enumerate(items):
+                if not await self._send(account, item):
+                    # Paused or throttled: the rest go back untouched, not hammered at Meta.
+                    async with self._db.transaction() as conn:
+                        await unclaim(conn, [x.id for x in items[i + 1 :]])
+                    return i + 1, None
+            if len(items) < room:
+                # Everything due went: wake when the next row falls due.
+                return len(items), await next_due_at(
+                    reader, account.id, private_replies=private, after=now
+                )
+            tried = len(items)
+        else:
+            tried = 0
+        # Capacity ran out: wake when the rolling hour (or second) frees a slot.
+        if hour_room - tried <= 0 and oldest_in_hour is not None:
+            return tried, oldest_in_hour + HOUR
+        return tried, (oldest_in_second or now) + SECOND
+
+    # --- one send ------------------------------------------------------------------------
+
+    async def _send(self, account: Account, item: OutboxItem) -> bool:
+        """One send; False when the account must stop sending (paused or throttled)."""
+        now = self._clock.now()
+        if item.kind is SendKind.PUBLIC_REPLY:
+            return await self._public_reply(account, item, now)
+        async with self._db.transaction() as conn:
+            state = await self._state(conn, account, item)
+            decision = decide(state, item.intent, now, self._profile)
+            if isinstance(decision, Refused):
+                await self._drop(conn, item, Outcome.DROPPED, decision.reason, decision.detail)
+                return True
+        body = self._body(item, decision)
+        try:
+            result = await self._graph.send_message(account, body)
+        except GraphError as exc:
+            return await self._failed(account, item, decision, exc)
+        async with self._db.transaction() as conn:
+            state = await self._state(conn, account, item)
+            await self._remember(conn, account, item, record_send(state, decision, now), now)
+            await finish(conn, item.id, "sent")
+            await log_send(
+                conn,
+                at=now,
+                outcome=Outcome.SENT,
+                account_id=item.account_id,
+                user_id=item.user_id,
+                kind=item.kind,
+                outbox_id=item.id,
+                comment_id=item.comment_id,
+                basis=decision.basis.value,
+                message_id=result.message_id,
+            )
+        self._metrics.inc(
+            "sends",
+            kind=item.kind.value,
+            basis=decision.basis.value,
+            help="messages Meta accepted",
+        )
+        log.info(
+            "sent %s to %s on %s (outbox %d)",
+            item.kind,
+            item.user_id or item.comment_id,
+            decision.basis,
+            item.id,
+        )
+        return True
+
+    def _body(self, item: OutboxItem, allowed: Allowed) -> dict[str, Any]:
+        recipient = allowed.recipient_value or item.user_id
+        assert recipient is not None, "the policy allows no user-id send without a user"
+        # Meta's private-reply form carries no messaging_type (POLICY.md §3).
+        messaging_type = (
+            None if allowed.recipient_field == "comment_id" else allowed.messaging_type
+        )
+        return build_send_body(
+            allowed.recipient_field, recipient, item.message, messaging_type, allowed.tag
+        )
+
+    async def _public_reply(self, account: Account, item: OutboxItem, now: datetime) -> bool:
+        assert item.comment_id is not None
+        try:
+            reply_id = await self._graph.reply_to_comment(
+                account, item.comment_id, str(item.message.get("text", ""))
+            )
+        except GraphError as exc:
+            return await self._failed(account, item, None, exc)
+        async with self._db.transaction() as conn:
+            await finish(conn, item.id, "sent")
+            await log_send(
+                conn,
+                at=now,
+                outcome=Outcome.SENT,
+                account_id=item.account_id,
+                user_id=item.user_id,
+                kind=item.kind,
+                outbox_id=item.id,
+                comment_id=item.comment_id,
+                basis="public_comment",
+                message_id=reply_id,
+            )
+        self._metrics.inc(
+            "sends", kind=item.kind.value, basis="public_comment", help="messages Meta accepted"
+        )
+        return True
+
+    async def _failed(
+        self, account: Account, item: OutboxItem, allowed: Allowed | None, exc: GraphError
+    ) -> bool:
+        """Settle a failed send per POLICY.md §5; False when the account must stop for now."""
+        now = self._clock.now()
+        cls = exc.error_class
+        self._metrics.inc("graph_errors", error_class=cls.value, help="Graph API errors")
+        async with self._db.transaction() as conn:
+            if cls in (ErrorClass.RETRY, ErrorClass.BACKOFF):
+                if cls is ErrorClass.BACKOFF:
+                    until = now + (exc.retry_after or timedelta(minutes=1))
+                    self._backoff_until[account.id] = until
+                    log.warning("account %s throttled by Meta until %s", account.id, until)
+                retry_at = now + self._backoff(item.attempts, exc.retry_after)
+                if item.attempts >= self._settings.max_attempts or (
+                    item.deadline is not None and retry_at >= item.deadline
+                ):
+                    await self._drop(conn, item, Outcome.EXPIRED, "retries_exhausted", str(exc))
+                    return cls is not ErrorClass.BACKOFF
+                await release(conn, item.id, due_at=retry_at)
+                await self._log_error(conn, item, Outcome.RETRYING, exc, now)
+                return cls is not ErrorClass.BACKOFF
+            if cls in (ErrorClass.ACCOUNT_RESTRICTED, ErrorClass.TOKEN_INVALID):
+                await self._pause(conn, account.id, cls.value, str(exc), now)
+                await release(conn, item.id, due_at=now)
+                await self._log_error(conn, item, Outcome.HELD, exc, now)
+                return False
+            if cls is ErrorClass.UNKNOWN_OUTCOME:
+                if self._settings.delivery == "at_least_once":
+                    await release(conn, item.id, due_at=now + self._backoff(item.attempts, None))
+                    await self._log_error(conn, item, Outcome.RETRYING, exc, now)
+                    return True
+                if allowed is not None:
+                    # It may have gone: count it as sent for the rules (one private reply per
+                    # comment, nothing after it until the user writes) and for the caps.
+                    state = await self._state(conn, account, item)
+                    await self._remember(
+                        conn, account, item, record_send(state, allowed, now), now
+                    )
+                await finish(conn, item.id, "unknown")
+                await self._log_error(conn, item, Outcome.UNKNOWN, exc, now)
+                return True
+            if cls is ErrorClass.UNREACHABLE and item.user_id is not None:
+                state = await self._state(conn, account, item)
+                await save_state(conn, account.id, item.user_id, mark_unreachable(state, now), now)
+            if cls is ErrorClass.WINDOW_CLOSED:
+                # The bot's own rules should have stopped this send: a policy bug to count.
+                self._metrics.inc("policy_bugs", help="sends Meta refused as outside a window")
+                log.error("Meta refused outbox %d as outside the window: %s", item.id, exc)
+            await finish(conn, item.id, "dropped")
+            await self._log_error(conn, item, Outcome.FAILED, exc, now)
+        return True
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _backoff(self, attempts: int, retry_after: timedelta | None) -> timedelta:
+        if retry_after is not None:
+            return retry_after
+        base = self._settings.backoff_base.total_seconds() * 2 ** max(attempts - 1, 0)
+        capped = min(base, self._settings.backoff_max.total_seconds())
+        return timedelta(seconds=self._rng.uniform(capped / 2, capped))  # jitter
+
+    async def _state(
+        self, conn: aiosqlite.Connection, account: Account, item: OutboxItem
+    ) -> ConversationState:
+        if item.user_id is not None:
+            return await load_state(conn, account.id, item.user_id, account.platform)
+        # A comment whose author Meta left out: its own basis is all there is.
+        comment = (
+            await load_comment(conn, account.id, item.comment_id) if item.comment_id else None
+        )
+        return ConversationState(platform=account.platform, comments=(comment,) if comment else ())
+
+    async def _remember(
+        self,
+        conn: aiosqlite.Connection,
+        account: Account,
+        item: OutboxItem,
+        state: ConversationState,
+        now: datetime,
+    ) -> None:
+        if item.user_id is not None:
+            await save_state(conn, account.id, item.user_id, state, now)
+        if item.kind is SendKind.PRIVATE_REPLY and item.comment_id:
+            await mark_comment_replied(conn, account.id, item.comment_id, now)
+
+    async def _drop(
+        self,
+        conn: aiosqlite.Connection,
+        item: OutboxItem,
+        outcome: Outcome,
+        reason: str,
+        detail: str,
+    ) -> None:
+        await finish(conn, item.id, "dropped")
+        await log_send(
+            conn,
+            at=self._clock.now(),
+            outcome=outcome,
+            account_id=item.account_id,
+            user_id=item.user_id,
+            kind=item.kind,
+            outbox_id=item.id,
+            comment_id=item.comment_id,
+            reason=str(reason),
+            detail=detail,
+        )
+        self._metrics.inc(
+            "sends_dropped",
+            outcome=outcome.value,
+            reason=str(reason),
+            help="queued messages not sent, by reason",
+        )
+        log.info("outbox %d %s: %s (%s)", item.id, outcome, reason, detail)
+
+    async def _log_error(
+        self,
+        conn: aiosqlite.Connection,
+        item: OutboxItem,
+        outcome: Outcome,
+        exc: GraphError,
+        now: datetime,
+    ) -> None:
+        await log_send(
+            conn,
+            at=now,
+            outcome=outcome,
+            account_id=item.account_id,
+            user_id=item.user_id,
+            kind=item.kind,
+            outbox_id=item.id,
+            comment_id=item.comment_id,
+            reason=exc.error_class.value,
+            detail=exc.message,
+            error_code=exc.code,
+            error_subcode=exc.subcode,
+        )
+
+    async def _expire(self, now: datetime) -> None:
+        """Rows whose stored deadline passed: re-decide (a user may have reopened the window)."""
+        async with self._db.transaction() as conn:
+            for item in await pending_past_deadline(conn, now):
+                account = self._config.account(item.account_id)
+                if account is None:
+                    await self._drop(conn, item, Outcome.DROPPED, "unknown_account", "")
+                    continue
+                state = await self._state(conn, account, item)
+                decision = decide(state, item.intent, now, self._profile)
+                if isinstance(decision, Allowed):
+                    await release(conn, item.id, due_at=item.due_at, deadline=decision.until)
+                else:
+                    await self._drop(
+                        conn,
+                        item,
+                        Outcome.EXPIRED,
+                        "expired_in_queue",
+                        f"its basis closed while it waited: {decision.detail}",
+                    )
+
+    async def _pause(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        reason: str,
+        detail: str,
+        now: datetime,
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO account_state (account_id, paused_reason, paused_at, paused_until)"
+            " VALUES (?, ?, ?, NULL) ON CONFLICT (account_id) DO UPDATE SET"
+            " paused_reason = excluded.paused_reason, paused_at = excluded.paused_at,"
+            " paused_until = NULL",
+            (account_id, f"{reason}: {detail}", to_ms(now)),
+        )
+        self._metrics.inc("accounts_paused", reason=reason, help="accounts paused by Meta errors")
+        log.error(
+            "account %s PAUSED (%s): %s; `bot resume` after fixing it", account_id, reason, detail
+        )
+
+    async def _paused(self, account_id: str, now: datetime) -> tuple[bool, datetime | None]:
+        """Whether the account is paused, and until when (None: until an operator resumes)."""
+        async with self._db.reader.execute(
+            "SELECT paused_reason, paused_until FROM account_state WHERE account_id = ?",
+            (account_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] is None:
+            return False, None
+        if row[1] is None:
+            return True, None
+        until = from_ms(row[1])
+        return until > now, until
+
+    async def recover(self) -> int:
+        """At start-up: settle rows a crash left 'sending' (see the module docstring)."""
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            async with conn.execute(
+                "SELECT id, account_id, user_id, comment_id, kind FROM outbox"
+                " WHERE state = 'sending'"
+            ) as cur:
+                rows = list(await cur.fetchall())
+            for item_id, account_id, user_id, comment_id, kind in rows:
+                if self._settings.delivery == "at_least_once":
+                    await release(conn, item_id, due_at=now)
+                    continue
+                await finish(conn, item_id, "unknown")
+                await log_send(
+                    conn,
+                    at=now,
+                    outcome=Outcome.UNKNOWN,
+                    account_id=account_id,
+                    user_id=user_id,
+                    kind=SendKind(kind),
+                    outbox_id=item_id,
+                    comment_id=comment_id,
+                    reason="in_flight_at_restart",
+                    detail="the daemon stopped while this send was in flight; not resent",
+                )
+        if rows:
+            log.warning(
+                "%d sends were in flight at the last stop; settled as %s",
+                len(rows),
+                self._settings.delivery,
+            )
+        return len(rows)

@@ -1,0 +1,309 @@
+"""The outbox (sends decided, not yet made) and the send log (what was sent or dropped, why).
+
+Rows are claimed with a lease (`state='sending'`, `lease_owner`, `lease_until`), the shape
+that becomes `FOR UPDATE SKIP LOCKED` on PostgreSQL. Due rows are taken earliest deadline
+first (POLICY.md §4: a queued message can lose its basis while it waits).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import aiosqlite
+
+from bot.clock import from_ms, to_ms
+from bot.events import OptInKind
+from bot.policy import Author, Content, Intent
+
+__all__ = [
+    "OutboxItem",
+    "Outcome",
+    "SendKind",
+    "claim_due",
+    "enqueue",
+    "finish",
+    "intent_from_json",
+    "intent_to_json",
+    "log_send",
+    "next_due_at",
+    "pending_past_deadline",
+    "release",
+    "sends_since",
+    "unclaim",
+]
+
+
+class SendKind(StrEnum):
+    PRIVATE_REPLY = "private_reply"
+    MESSAGE = "message"
+    OPTIN_REQUEST = "optin_request"
+    PUBLIC_REPLY = "public_reply"
+
+
+class Outcome(StrEnum):
+    """A send-log row's verdict; `dropped` and `expired` carry the policy reason."""
+
+    SENT = "sent"
+    DROPPED = "dropped"  # the policy refused it (when queued or at the moment of sending)
+    EXPIRED = "expired"  # its basis closed while it waited in the queue
+    FAILED = "failed"  # Meta refused it and a retry would not help
+    RETRYING = "retrying"  # a transient error; it stays queued
+    UNKNOWN = "unknown"  # the request may have reached Meta; not resent (at-most-once)
+    HELD = "held"  # the account is paused; it stays queued
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    account_id: str
+    user_id: str | None
+    comment_id: str | None
+    kind: SendKind
+    intent: Intent
+    message: dict[str, Any]
+    priority: int
+    due_at: datetime
+    deadline: datetime | None
+    created_at: datetime
+    attempts: int
+    source: str | None
+
+
+def intent_to_json(intent: Intent) -> str:
+    return json.dumps(
+        {
+            "author": intent.author.value,
+            "content": intent.content.value,
+            "comment_id": intent.comment_id,
+            "optin": intent.optin.value if intent.optin else None,
+            "topic": intent.topic,
+            "tag": intent.tag,
+            "via_token": intent.via_token.value if intent.via_token else None,
+        },
+        separators=(",", ":"),
+    )
+
+
+def intent_from_json(text: str) -> Intent:
+    d = json.loads(text)
+    return Intent(
+        author=Author(d["author"]),
+        content=Content(d["content"]),
+        comment_id=d.get("comment_id"),
+        optin=OptInKind(d["optin"]) if d.get("optin") else None,
+        topic=d.get("topic"),
+        tag=d.get("tag"),
+        via_token=OptInKind(d["via_token"]) if d.get("via_token") else None,
+    )
+
+
+async def enqueue(
+    conn: aiosqlite.Connection,
+    *,
+    account_id: str,
+    user_id: str | None,
+    kind: SendKind,
+    intent: Intent,
+    message: dict[str, Any],
+    due_at: datetime,
+    deadline: datetime | None,
+    now: datetime,
+    priority: int = 0,
+    source: str | None = None,
+    once_key: str | None = None,
+) -> int | None:
+    """Queue a send; None if `once_key` was queued before (a private reply is once per comment)."""
+    cur = await conn.execute(
+        "INSERT INTO outbox (account_id, user_id, comment_id, kind, intent, body, priority,"
+        " due_at, deadline, created_at, source, once_key)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (once_key) DO NOTHING",
+        (
+            account_id,
+            user_id,
+            intent.comment_id,
+            kind.value,
+            intent_to_json(intent),
+            json.dumps(message, ensure_ascii=False, separators=(",", ":")),
+            priority,
+            to_ms(due_at),
+            None if deadline is None else to_ms(deadline),
+            to_ms(now),
+            source,
+            once_key,
+        ),
+    )
+    return cur.lastrowid if cur.rowcount == 1 else None
+
+
+_COLUMNS = (
+    "id, account_id, user_id, comment_id, kind, intent, body, priority, due_at, deadline,"
+    " created_at, attempts, source"
+)
+
+
+def _item(r: Any) -> OutboxItem:
+    return OutboxItem(
+        id=int(r[0]),
+        account_id=r[1],
+        user_id=r[2],
+        comment_id=r[3],
+        kind=SendKind(r[4]),
+        intent=intent_from_json(r[5]),
+        message=json.loads(r[6]),
+        priority=int(r[7]),
+        due_at=from_ms(r[8]),
+        deadline=None if r[9] is None else from_ms(r[9]),
+        created_at=from_ms(r[10]),
+        attempts=int(r[11]),
+        source=r[12],
+    )
+
+
+async def claim_due(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    *,
+    private_replies: bool,
+    now: datetime,
+    limit: int,
+    owner: str,
+    lease_until: datetime,
+) -> list[OutboxItem]:
+    """Inside a transaction: lease up to `limit` due rows, earliest deadline first.
+
+    Ties go to the lower priority number (a reply to a user who just wrote before a
+    follow-up), then to the older row.
+    """
+    if limit <= 0:
+        return []
+    kind_test = "kind = 'private_reply'" if private_replies else "kind != 'private_reply'"
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND account_id = ?"
+        f" AND due_at <= ? AND {kind_test}"
+        " ORDER BY coalesce(deadline, 9223372036854775807), priority, id LIMIT ?",
+        (account_id, to_ms(now), limit),
+    ) as cur:
+        items = [_item(r) for r in await cur.fetchall()]
+    await conn.executemany(
+        "UPDATE outbox SET state = 'sending', lease_owner = ?, lease_until = ?,"
+        " attempts = attempts + 1 WHERE id = ?",
+        [(owner, to_ms(lease_until), i.id) for i in items],
+    )
+    return items
+
+
+async def release(
+    conn: aiosqlite.Connection,
+    item_id: int,
+    *,
+    due_at: datetime,
+    deadline: datetime | None = None,
+) -> None:
+    """Back to the queue (a retry later, or the account is paused)."""
+    await conn.execute(
+        "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL,"
+        " due_at = ?, deadline = coalesce(?, deadline) WHERE id = ?",
+        (to_ms(due_at), None if deadline is None else to_ms(deadline), item_id),
+    )
+
+
+async def unclaim(conn: aiosqlite.Connection, item_ids: list[int]) -> None:
+    """Give leased rows back as if never claimed (their attempt did not happen)."""
+    await conn.executemany(
+        "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL,"
+        " attempts = attempts - 1 WHERE id = ? AND state = 'sending'",
+        [(i,) for i in item_ids],
+    )
+
+
+async def finish(conn: aiosqlite.Connection, item_id: int, state: str) -> None:
+    """`sent`, `dropped` or `unknown`: the row leaves the queue for good."""
+    await conn.execute(
+        "UPDATE outbox SET state = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
+        (state, item_id),
+    )
+
+
+async def log_send(
+    conn: aiosqlite.Connection,
+    *,
+    at: datetime,
+    outcome: Outcome,
+    account_id: str,
+    user_id: str | None,
+    kind: SendKind | None,
+    outbox_id: int | None = None,
+    comment_id: str | None = None,
+    basis: str | None = None,
+    reason: str | None = None,
+    detail: str | None = None,
+    message_id: str | None = None,
+    error_code: int | None = None,
+    error_subcode: int | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO send_log (outbox_id, account_id, user_id, comment_id, at, outcome, kind,"
+        " basis, reason, detail, message_id, error_code, error_subcode)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            outbox_id,
+            account_id,
+            user_id,
+            comment_id,
+            to_ms(at),
+            outcome.value,
+            kind.value if kind else None,
+            basis,
+            reason,
+            detail,
+            message_id,
+            error_code,
+            error_subcode,
+        ),
+    )
+
+
+async def sends_since(
+    conn: aiosqlite.Connection, account_id: str, *, private_replies: bool, since: datetime
+) -> tuple[int, datetime | None]:
+    """Sends counted against a cap since `since` (possibly sent count too), and the oldest."""
+    kind_test = (
+        "kind = 'private_reply'" if private_replies else "kind IN ('message', 'optin_request')"
+    )
+    async with conn.execute(
+        "SELECT count(*), min(at) FROM send_log WHERE account_id = ? AND at > ?"
+        f" AND outcome IN ('sent', 'unknown') AND {kind_test}",
+        (account_id, to_ms(since)),
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), None if row[1] is None else from_ms(row[1])
+
+
+async def pending_past_deadline(
+    conn: aiosqlite.Connection, now: datetime, limit: int = 500
+) -> list[OutboxItem]:
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND deadline IS NOT NULL"
+        " AND deadline <= ? ORDER BY deadline LIMIT ?",
+        (to_ms(now), limit),
+    ) as cur:
+        return [_item(r) for r in await cur.fetchall()]
+
+
+async def next_due_at(
+    conn: aiosqlite.Connection, account_id: str, *, private_replies: bool, after: datetime
+) -> datetime | None:
+    """When the account's next queued row in that cap class falls due (after `after`)."""
+    kind_test = "kind = 'private_reply'" if private_replies else "kind != 'private_reply'"
+    async with conn.execute(
+        "SELECT min(due_at) FROM outbox WHERE state = 'pending' AND account_id = ?"
+        f" AND due_at > ? AND {kind_test}",
+        (account_id, to_ms(after)),
+    ) as cur:
+        row = await cur.fetchone()
+    return None if row is None or row[0] is None else from_ms(row[0])
