@@ -18,7 +18,10 @@ from aiohttp import web
 
 from bot.clock import Clock, SystemClock
 from bot.config import Config
+from bot.dispatch import Dispatcher
 from bot.engine import Engine
+from bot.flows.flowset import FlowSet
+from bot.flows.loader import load_flowset
 from bot.graph import GraphClient
 from bot.inbox_worker import InboxWorker
 from bot.metrics import Metrics
@@ -48,6 +51,7 @@ class Runtime:
     engine: Engine | None = None
     graph: GraphClient | None = None
     sender: Sender | None = None
+    dispatcher: Dispatcher | None = None
     wakeup: Wakeup | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     dead: list[str] = field(default_factory=list)
@@ -100,7 +104,7 @@ def create_app(
         assert rt.db is not None and rt.inbox is not None and rt.graph is not None
         aps = SchedulerWakeup() if isinstance(clock, SystemClock) else None
         rt.wakeup = aps or ClockWakeup(clock)
-        rt.engine = Engine(rt.db, clock, profile, metrics, config)
+        rt.engine = Engine(rt.db, clock, profile, metrics, config, load_flows(config, profile))
         rt.worker = InboxWorker(
             rt.db,
             clock,
@@ -111,13 +115,14 @@ def create_app(
             on_commit=rt.wakeup.kick,
         )
         rt.sender = Sender(rt.db, clock, rt.graph, profile, config, metrics)
+        rt.dispatcher = Dispatcher(rt.engine, rt.sender)
         stopping = asyncio.Event()
         if start_workers:
             if aps is not None:
                 aps.start()
             await rt.sender.recover()
             _spawn(rt, rt.worker.run(), "inbox-worker")
-            _spawn(rt, _dispatch(rt.sender, rt.wakeup, stopping), "sender")
+            _spawn(rt, _dispatch(rt.dispatcher, rt.wakeup, stopping), "dispatcher")
         yield
         rt.worker.stop()
         stopping.set()
@@ -139,20 +144,34 @@ def create_app(
     return app
 
 
-async def _dispatch(sender: Sender, wakeup: Wakeup, stopping: asyncio.Event) -> None:
-    """The sender's loop: send what is due, then sleep until the next due time or a kick."""
+def load_flows(config: Config, profile: PolicyProfile) -> FlowSet | None:
+    """The checked flows, or None when there is no flows folder (the bot then only records).
+
+    Invalid flows stop start-up with every problem listed, as `bot check` prints them.
+    """
+    if not config.flows_dir.is_dir():
+        log.warning(
+            "no flows folder at %s: events are recorded, nothing is sent", config.flows_dir
+        )
+        return None
+    flowset = load_flowset(config.flows_dir, config.templates_dir, profile)
+    log.info("loaded %d flows from %s", len(flowset.flows), config.flows_dir)
+    return flowset
+
+
+async def _dispatch(dispatcher: Dispatcher, wakeup: Wakeup, stopping: asyncio.Event) -> None:
+    """Timed work: fire due runs and send due messages, then sleep until the next due time."""
     while not stopping.is_set():
         try:
-            await sender.run_due()
+            wake = await dispatcher.tick()
         except Exception:
             # A store hiccup must not end sending for good; the rows are still in SQLite.
-            log.exception("the sender failed a round; trying again shortly")
-            sender.next_wake = None
+            log.exception("the dispatcher failed a round; trying again shortly")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), 1.0)
             continue
         if not stopping.is_set():
-            await wakeup.wait(sender.next_wake)
+            await wakeup.wait(wake)
 
 
 def _spawn(rt: Runtime, coro: object, name: str) -> None:

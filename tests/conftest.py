@@ -154,6 +154,7 @@ class Stack:
         self.client = client
         self.sim = sim
         self.clock = clock
+        self.next_wake: Any = None
 
     @property
     def rt(self) -> Runtime:
@@ -163,19 +164,18 @@ class Stack:
         return str(self.sim.user_id(name))
 
     async def process(self) -> None:
-        """Process what the webhook stored, then send whatever is due now."""
-        assert self.rt.worker is not None and self.rt.sender is not None
+        """Process what the webhook stored, then fire and send whatever is due now."""
+        assert self.rt.worker is not None and self.rt.dispatcher is not None
         await self.rt.worker.drain()
-        await self.rt.sender.run_due()
+        self.next_wake = await self.rt.dispatcher.tick()
         await self.sim.drain()
         await self.rt.worker.drain()
 
     async def run_until(self, until: Any, *, step: Any = None) -> None:
         """Move the clock to `until`, stopping at every time the sender asked to wake."""
-        assert self.rt.sender is not None
         await self.process()
         while True:
-            wake = self.rt.sender.next_wake
+            wake = self.next_wake
             target = until if wake is None or wake > until else wake
             if step is not None and target - self.clock.now() > step:
                 target = self.clock.now() + step

@@ -122,10 +122,7 @@ def histories(draw: st.DrawFn, platform: Platform, tokens_focus: bool = False) -
         # Often right around an opt-in: a STOP just before it must not touch the new token.
         optins = [e.timestamp for e in events if isinstance(e, OptIn)]
         near: bool = draw(BOOL)
-        if optins and near:
-            ts = pick(draw, optins) + draw(ints(-90, 90)) * MIN
-        else:
-            ts = moment(draw)
+        ts = pick(draw, optins) + draw(ints(-90, 90)) * MIN if optins and near else moment(draw)
         events.append(make(ts, topic, token, platform))
     if events:  # Meta re-delivers the very same payload
         events += [pick(draw, events) for _ in range(draw(ints(0, 3)))]
@@ -243,7 +240,15 @@ def check_refused(
 @THOROUGH
 @given(sessions())
 def test_every_decision_agrees_with_the_oracle(session: Session) -> None:
-    """No send outside a basis, none refused that POLICY.md allows; once per comment; etc."""
+    """`decide` allows exactly what the oracle allows, and every Allowed is sound.
+
+    That pins, among others: no automated send outside an open basis; HUMAN_AGENT never for
+    automation; one private reply per comment (a second ask right after is refused); nothing
+    but private replies after a private reply until the user writes; opt-in requests only in
+    the 24 h window, once per (kind, topic) per cooldown and within the caps; one-time tokens
+    used once; no marketing after STOP or within the frequency period; `until` > now and equal
+    to the basis's real close; `next_possible` exact.
+    """
     profile, platform, steps = session
     state = ConversationState(platform=platform)
     oracle = Oracle(profile.for_platform(platform))

@@ -140,4 +140,37 @@ MIGRATIONS: list[str] = [
         paused_until INTEGER
     );
     """,
+    # 2: the conversation runtime: one run per (contact, flow), flow starts for the guards,
+    # and the notes that explain what each flow decided.
+    """
+    CREATE TABLE flow_runs (
+        account_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        flow_id TEXT NOT NULL,
+        run TEXT NOT NULL,
+        due_at INTEGER,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, user_id, flow_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX flow_runs_due ON flow_runs (due_at) WHERE due_at IS NOT NULL;
+
+    CREATE TABLE flow_starts (
+        account_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        flow_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        comment_id TEXT
+    );
+    CREATE INDEX flow_starts_user ON flow_starts (account_id, user_id, flow_id, at);
+
+    CREATE TABLE flow_notes (
+        id INTEGER PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        user_id TEXT,
+        flow_id TEXT,
+        at INTEGER NOT NULL,
+        note TEXT NOT NULL
+    );
+    CREATE INDEX flow_notes_user ON flow_notes (account_id, user_id, at);
+    """,
 ]

@@ -115,6 +115,7 @@ async def enqueue(
     priority: int = 0,
     source: str | None = None,
     once_key: str | None = None,
+    comment_id: str | None = None,
 ) -> int | None:
     """Queue a send; None if `once_key` was queued before (a private reply is once per comment)."""
     cur = await conn.execute(
@@ -124,7 +125,7 @@ async def enqueue(
         (
             account_id,
             user_id,
-            intent.comment_id,
+            comment_id or intent.comment_id,
             kind.value,
             intent_to_json(intent),
             json.dumps(message, ensure_ascii=False, separators=(",", ":")),
