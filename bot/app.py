@@ -20,6 +20,7 @@ from bot.clock import Clock, SystemClock
 from bot.config import Config
 from bot.dispatch import Dispatcher
 from bot.engine import Engine
+from bot.errors import ConfigError
 from bot.flows.flowset import FlowSet
 from bot.flows.loader import load_flowset
 from bot.graph import GraphClient
@@ -123,6 +124,7 @@ def create_app(
             await rt.sender.recover()
             _spawn(rt, rt.worker.run(), "inbox-worker")
             _spawn(rt, _dispatch(rt.dispatcher, rt.wakeup, stopping), "dispatcher")
+            _spawn(rt, _watch_flows(rt, stopping), "flow-watcher")
         yield
         rt.worker.stop()
         stopping.set()
@@ -157,6 +159,44 @@ def load_flows(config: Config, profile: PolicyProfile) -> FlowSet | None:
     flowset = load_flowset(config.flows_dir, config.templates_dir, profile)
     log.info("loaded %d flows from %s", len(flowset.flows), config.flows_dir)
     return flowset
+
+
+def reload_flows(rt: Runtime) -> bool:
+    """Swap in the flows as they are on disk now; an invalid change keeps the old ones.
+
+    Runs already under way keep working: they name their flow and step by id.
+    """
+    assert rt.engine is not None
+    try:
+        flowset = load_flows(rt.config, rt.profile)
+    except ConfigError as exc:
+        rt.metrics.inc("flow_reloads", result="rejected", help="flow reloads")
+        log.error("flows NOT reloaded; the running flows stay in force:\n%s", exc)
+        return False
+    rt.engine.flowset = flowset
+    rt.metrics.inc("flow_reloads", result="ok", help="flow reloads")
+    log.info("flows reloaded")
+    return True
+
+
+def _flow_files_stamp(config: Config) -> tuple[tuple[str, float], ...]:
+    stamps: list[tuple[str, float]] = []
+    for folder in (config.flows_dir, config.templates_dir):
+        if folder.is_dir():
+            stamps.extend((str(p), p.stat().st_mtime) for p in folder.rglob("*") if p.is_file())
+    return tuple(sorted(stamps))
+
+
+async def _watch_flows(rt: Runtime, stopping: asyncio.Event, every: float = 2.0) -> None:
+    """Reload when a flow or template file changes: a few stat calls every two seconds."""
+    stamp = _flow_files_stamp(rt.config)
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), every)
+        now = _flow_files_stamp(rt.config)
+        if now != stamp:
+            stamp = now
+            reload_flows(rt)
 
 
 async def _dispatch(dispatcher: Dispatcher, wakeup: Wakeup, stopping: asyncio.Event) -> None:

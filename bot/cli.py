@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="run the daemon: webhooks in, messages out")
     st = sub.add_parser("status", help="what the daemon's store holds, per account")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    ck = sub.add_parser("check", help="validate every flow and template; report all problems")
+    ck.add_argument("--flows", type=Path, help="flows folder (default: from the settings)")
+    ck.add_argument("--templates", type=Path, help="templates folder (default: from settings)")
     from bot.sandbox import add_sandbox_parser, run_sandbox_command
 
     add_sandbox_parser(sub)
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             setup_logging(config.log_format, config.log_level, _secrets(config))
             asyncio.run(serve(config))
             return 0
+        if args.command == "check":
+            return _check(args)
         if args.command == "status":
             from bot.status import print_status
 
@@ -57,6 +62,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _check(args: argparse.Namespace) -> int:
+    """`bot check`: works without a settings file, on ./flows and ./templates by default."""
+    from bot.flows.loader import check_command
+    from bot.policy import PolicyProfile, load_profile
+
+    flows, templates, profile = Path("flows"), Path("templates"), PolicyProfile()
+    if args.config.exists():
+        config = load_config(args.config)
+        flows, templates = config.flows_dir, config.templates_dir
+        if config.policy_profile:
+            profile = load_profile(config.policy_profile)
+    return check_command(args.flows or flows, args.templates or templates, profile, sys.stdout)
 
 
 def _secrets(config: Config) -> list[str]:
@@ -76,6 +95,9 @@ async def serve(config: Config, app: web.Application | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from bot.app import RUNTIME, reload_flows
+
+    loop.add_signal_handler(signal.SIGHUP, reload_flows, app[RUNTIME])
     port = runner.addresses[0][1] if runner.addresses else config.port
     log.info(
         "listening on http://%s:%d%s for %d account(s)",

@@ -72,3 +72,5 @@ def setup_logging(fmt: str = "text", level: str = "INFO", secrets: Iterable[str]
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # APScheduler logs each re-aim of the one wake-up job; that is noise, not news.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)

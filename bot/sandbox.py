@@ -155,12 +155,33 @@ def _log(sim_url: str) -> list[dict[str, Any]]:
 
 def _print_entry(entry: dict[str, Any]) -> None:
     body = entry.get("body") or {}
-    message = body.get("message") if isinstance(body, dict) else None
-    text = message.get("text") if isinstance(message, dict) else None
+    recipient = entry.get("recipient") or {}
+    to = (
+        f"comment {recipient['comment_id']}"
+        if "comment_id" in recipient
+        else f"user {entry.get('user_id') or next(iter(recipient.values()), '?')}"
+    )
+    if entry.get("endpoint") != "messages":
+        to = f"public reply under {to}"
+    what = _describe(body.get("message") if isinstance(body, dict) else None)
     if entry.get("accepted"):
-        print(f"bot -> {entry.get('recipient')}: {text!r} (basis: {entry.get('basis')})")
+        print(f"bot -> {to}: {what}  [basis: {entry.get('basis')}]")
     else:
-        print(f"bot -> {entry.get('recipient')}: REFUSED by Meta's rules: {entry.get('reason')}")
+        print(f"bot -> {to}: REFUSED by Meta's rules ({entry.get('reason')}): {what}")
+
+
+def _describe(message: Any) -> str:
+    """A message in one line: its text, or what its template shows."""
+    if isinstance(message, str):
+        return repr(message)
+    if not isinstance(message, dict):
+        return "?"
+    if message.get("text"):
+        return repr(message["text"])
+    payload = (message.get("attachment") or {}).get("payload") or {}
+    kind = payload.get("template_type", "attachment")
+    label = payload.get("text") or payload.get("title") or payload.get("url") or ""
+    return f"[{kind}] {label!r}"
 
 
 async def _serve(args: argparse.Namespace) -> None:
