@@ -6,15 +6,54 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from bot.clock import Clock, SystemClock, to_ms
+from bot.clock import Clock, SystemClock, from_ms, to_ms
 from bot.config import Config
+from bot.policy import PolicyProfile
 from bot.store.db import Database
 from bot.store.inbox import inbox_counts
 
 __all__ = ["collect_status", "print_status"]
 
 
-async def collect_status(config: Config, db: Database, clock: Clock) -> dict[str, Any]:
+async def _projection(
+    db: Database, account_id: str, *, private: bool, cap: int, sent: int, now_ms: int
+) -> dict[str, Any]:
+    """Queue depth and how many queued messages would expire before the caps let them go.
+
+    A projection: the queue drains earliest deadline first at the cap's pace (the free part
+    of the rolling hour at once, then one slot every hour/cap), with nothing new arriving.
+    """
+    kind = "kind = 'private_reply'" if private else "kind != 'private_reply'"
+    async with db.reader.execute(
+        f"SELECT deadline, due_at FROM outbox WHERE account_id = ? AND state = 'pending'"
+        f" AND {kind} ORDER BY coalesce(deadline, 9223372036854775807), priority, id",
+        (account_id,),
+    ) as cur:
+        rows = list(await cur.fetchall())
+    room = max(cap - sent, 0)
+    slot_ms = 3_600_000 / max(cap, 1)
+    expiring = 0
+    first_expiry: int | None = None
+    for i, (deadline, due_at) in enumerate(rows):
+        at = max(due_at, now_ms if i < room else now_ms + (i - room + 1) * slot_ms)
+        if deadline is not None and at > deadline:
+            expiring += 1
+            first_expiry = deadline if first_expiry is None else min(first_expiry, deadline)
+    return {
+        "queued": len(rows),
+        "sent_last_hour": sent,
+        "cap_per_hour": cap,
+        "projected_expiries": expiring,
+        "first_projected_expiry": None
+        if first_expiry is None
+        else from_ms(first_expiry).isoformat(),
+    }
+
+
+async def collect_status(
+    config: Config, db: Database, clock: Clock, profile: PolicyProfile | None = None
+) -> dict[str, Any]:
+    profile = profile or PolicyProfile()
     now = clock.now()
     hour_ago = to_ms(now - timedelta(hours=1))
     window_open_since = to_ms(now - timedelta(hours=24))
@@ -32,15 +71,6 @@ async def collect_status(config: Config, db: Database, clock: Clock) -> dict[str
                 " AND last_user_message_at > ?",
                 (window_open_since,),
             ),
-            "queued": (
-                "SELECT count(*) FROM outbox WHERE account_id = ? AND state = 'pending'",
-                (),
-            ),
-            "sent_last_hour": (
-                "SELECT count(*) FROM send_log WHERE account_id = ? AND outcome = 'sent'"
-                " AND at > ?",
-                (hour_ago,),
-            ),
         }
         for key, (sql, args) in queries.items():
             async with db.reader.execute(sql, (account.id, *args)) as cur:
@@ -51,14 +81,46 @@ async def collect_status(config: Config, db: Database, clock: Clock) -> dict[str
         ) as cur:
             row = await cur.fetchone()
         one["paused"] = row[0] if row and row[0] else None
+        rules = profile.for_platform(account.platform)
+        for label, private, cap in (
+            ("private_replies", True, rules.private_replies_per_hour),
+            ("dms", False, rules.automated_dms_per_hour),
+        ):
+            kinds = "kind = 'private_reply'" if private else "kind IN ('message', 'optin_request')"
+            async with db.reader.execute(
+                f"SELECT count(*) FROM send_log WHERE account_id = ? AND at > ?"
+                f" AND outcome IN ('sent', 'unknown') AND {kinds}",
+                (account.id, hour_ago),
+            ) as cur:
+                sent = int((await cur.fetchone() or (0,))[0])
+            one[label] = await _projection(
+                db, account.id, private=private, cap=cap, sent=sent, now_ms=to_ms(now)
+            )
+        async with db.reader.execute(
+            "SELECT min(t) FROM (SELECT min(due_at) AS t FROM outbox WHERE account_id = ?"
+            " AND state = 'pending' UNION ALL SELECT min(due_at) FROM flow_runs"
+            " WHERE account_id = ? AND due_at IS NOT NULL)",
+            (account.id, account.id),
+        ) as cur:
+            row = await cur.fetchone()
+        one["next_due"] = from_ms(row[0]).isoformat() if row and row[0] is not None else None
+        async with db.reader.execute(
+            "SELECT outcome, count(*) FROM send_log WHERE account_id = ? AND at > ?"
+            " AND outcome NOT IN ('sent', 'retrying') GROUP BY outcome",
+            (account.id, to_ms(now - timedelta(hours=24))),
+        ) as cur:
+            one["not_sent_last_24h"] = {str(r[0]): int(r[1]) for r in await cur.fetchall()}
         out["accounts"].append(one)
     return out
 
 
 async def print_status(config: Config, *, as_json: bool, clock: Clock | None = None) -> int:
+    from bot.policy import load_profile
+
+    profile = load_profile(config.policy_profile) if config.policy_profile else PolicyProfile()
     db = await Database.open(config.database.path, config.database.synchronous)
     try:
-        status = await collect_status(config, db, clock or SystemClock())
+        status = await collect_status(config, db, clock or SystemClock(), profile)
     finally:
         await db.close()
     if as_json:
@@ -68,9 +130,28 @@ async def print_status(config: Config, *, as_json: bool, clock: Clock | None = N
     print(f"inbox: {inbox['new']} waiting, {inbox['done']} processed, {inbox['bad']} bad")
     for a in status["accounts"]:
         paused = f"PAUSED: {a['paused']}" if a["paused"] else "running"
+        queued = a["private_replies"]["queued"] + a["dms"]["queued"]
+        sent = a["private_replies"]["sent_last_hour"] + a["dms"]["sent_last_hour"]
         print(
             f"{a['platform']} {a['id']} {a['name']}: {paused}; {a['contacts']} contacts,"
-            f" {a['open_windows']} open 24 h windows, {a['queued']} queued,"
-            f" {a['sent_last_hour']} sent in the last hour"
+            f" {a['open_windows']} open 24 h windows, {queued} queued,"
+            f" {sent} sent in the last hour"
         )
+        for label in ("private_replies", "dms"):
+            q = a[label]
+            line = (
+                f"  {label.replace('_', ' ')}: {q['sent_last_hour']}/{q['cap_per_hour']} in the"
+                f" last hour, {q['queued']} queued"
+            )
+            if q["projected_expiries"]:
+                line += (
+                    f"; WARNING {q['projected_expiries']} projected to expire before the cap"
+                    f" lets them go (first at {q['first_projected_expiry']})"
+                )
+            print(line)
+        if a["next_due"]:
+            print(f"  next due: {a['next_due']}")
+        if a["not_sent_last_24h"]:
+            why = ", ".join(f"{n} {k}" for k, n in sorted(a["not_sent_last_24h"].items()))
+            print(f"  not sent in the last 24 h: {why}")
     return 0
