@@ -103,7 +103,7 @@ def create_app(
 
     async def workers(app: web.Application) -> AsyncIterator[None]:
         assert rt.db is not None and rt.inbox is not None and rt.graph is not None
-        aps = SchedulerWakeup() if isinstance(clock, SystemClock) else None
+        aps = SchedulerWakeup(clock) if isinstance(clock, SystemClock) else None
         rt.wakeup = aps or ClockWakeup(clock)
         rt.engine = Engine(rt.db, clock, profile, metrics, config, load_flows(config, profile))
         rt.worker = InboxWorker(

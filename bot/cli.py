@@ -30,12 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="run the daemon: webhooks in, messages out")
     st = sub.add_parser("status", help="what the daemon's store holds, per account")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    rs = sub.add_parser("resume", help="lift an account's pause (after fixing its token)")
+    rs.add_argument("--account", required=True)
+    rl = sub.add_parser("release", help="hand a contact back from a human to automation")
+    rl.add_argument("--account", required=True)
+    rl.add_argument("--user", required=True)
     ck = sub.add_parser("check", help="validate every flow and template; report all problems")
     ck.add_argument("--flows", type=Path, help="flows folder (default: from the settings)")
     ck.add_argument("--templates", type=Path, help="templates folder (default: from settings)")
     from bot.sandbox import add_sandbox_parser, run_sandbox_command
 
     add_sandbox_parser(sub)
+    from bot.simulate import add_simulate_parser, simulate_command
+
+    add_simulate_parser(sub)
     args = parser.parse_args(argv)
 
     try:
@@ -49,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check":
             return _check(args)
+        if args.command == "simulate":
+            return simulate_command(args)
+        if args.command in ("resume", "release"):
+            return asyncio.run(_admin(args, load_config(args.config)))
         if args.command == "status":
             from bot.status import print_status
 
@@ -76,6 +88,24 @@ def _check(args: argparse.Namespace) -> int:
         if config.policy_profile:
             profile = load_profile(config.policy_profile)
     return check_command(args.flows or flows, args.templates or templates, profile, sys.stdout)
+
+
+async def _admin(args: argparse.Namespace, config: Config) -> int:
+    from bot.admin import release_handoff, resume_account
+    from bot.clock import SystemClock
+    from bot.store.db import Database
+
+    db = await Database.open(config.database.path, config.database.synchronous)
+    try:
+        if args.command == "resume":
+            was = await resume_account(config, db, args.account)
+            print(f"account {args.account}: " + (f"resumed (was: {was})" if was else "not paused"))
+        else:
+            done = await release_handoff(config, db, SystemClock(), args.account, args.user)
+            print(f"{args.user}: " + ("back with automation" if done else "no human had it"))
+    finally:
+        await db.close()
+    return 0
 
 
 def _secrets(config: Config) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -59,11 +59,17 @@ class ClockWakeup:
 
 
 class SchedulerWakeup:
-    """APScheduler on the wall clock, for the daemon."""
+    """APScheduler on the wall clock, for the daemon.
+
+    It also wakes at least every `safety` seconds: an operator's `bot resume` or a row
+    written by another process is then seen without a kick.
+    """
 
     JOB = "wake-sender"
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock, safety: float = 30.0) -> None:
+        self._clock = clock
+        self._safety = timedelta(seconds=safety)
         self._kicked = asyncio.Event()
         self._scheduler = AsyncIOScheduler(
             timezone="UTC",
@@ -82,9 +88,10 @@ class SchedulerWakeup:
         self._kicked.set()
 
     async def wait(self, until: datetime | None) -> None:
-        if until is not None:
-            self._scheduler.add_job(
-                self.kick, DateTrigger(run_date=until), id=self.JOB, replace_existing=True
-            )
+        latest = self._clock.now() + self._safety
+        until = latest if until is None else min(until, latest)
+        self._scheduler.add_job(
+            self.kick, DateTrigger(run_date=until), id=self.JOB, replace_existing=True
+        )
         await self._kicked.wait()
         self._kicked.clear()

@@ -29,6 +29,7 @@ from bot.policy import (
     decide,
     mark_unreachable,
     record_send,
+    set_handoff,
 )
 from bot.store.conversations import (
     load_comment,
@@ -175,6 +176,10 @@ class Sender:
             return await self._public_reply(account, item, now)
         async with self._db.transaction() as conn:
             state = await self._state(conn, account, item)
+            if state.handoff_since is not None and state.handoff_since == item.created_at:
+                # Queued by the hand-over step itself ("connecting you to a person"): it
+                # belongs to the hand-over; anything queued before or after waits.
+                state = set_handoff(state, None)
             decision = decide(state, item.intent, now, self._profile)
             if isinstance(decision, Refused):
                 await self._drop(conn, item, Outcome.DROPPED, decision.reason, decision.detail)
