@@ -120,3 +120,93 @@ async def test_notes_explain_what_each_flow_decided(bot: Stack) -> None:
     await bot.run_until(bot.clock.now() + M)
     notes = [n for (n,) in await bot.rows("SELECT note FROM flow_notes ORDER BY id")]
     assert any("queued private_reply" in n for n in notes)
+
+
+async def test_a_story_mention_is_thanked_once_a_week_and_tagged(bot: Stack) -> None:
+    await bot.sim.player.story_mention(IG_ACCOUNT, "finn", "https://cdn.example/s1.jpg")
+    await bot.run_until(bot.clock.now() + M)
+    await bot.sim.player.story_mention(IG_ACCOUNT, "finn", "https://cdn.example/s2.jpg")
+    await bot.run_until(bot.clock.now() + M)
+    assert [e.basis for e in dms(bot, "finn")] == ["standard_window"]  # the mention opened it
+    tags = await bot.rows("SELECT tags FROM contacts WHERE user_id = ?", bot.user("finn"))
+    assert "story_mentioner" in tags[0][0]
+
+
+async def test_a_guide_comment_collects_a_valid_email_and_sends_the_guide(bot: Stack) -> None:
+    await bot.sim.player.comment(IG_ACCOUNT, "gina", "reel2", "GUIDE please")
+    await bot.run_until(bot.clock.now() + M)
+    await bot.sim.player.dm(IG_ACCOUNT, "gina", "yes!")
+    await bot.run_until(bot.clock.now() + M)
+    await bot.sim.player.dm(IG_ACCOUNT, "gina", "not an address")  # re-asked
+    await bot.run_until(bot.clock.now() + M)
+    await bot.sim.player.dm(IG_ACCOUNT, "gina", "Gina@Example.com")
+    await bot.run_until(bot.clock.now() + M)
+    row = await bot.rows(
+        "SELECT email, tags, fields FROM contacts WHERE user_id = ?", bot.user("gina")
+    )
+    email, tags, fields = row[0]
+    assert email.lower() == "gina@example.com"
+    assert "lead" in tags and "guide_comment" in fields
+    assert [e.basis for e in dms(bot, "gina")][0] == "private_reply"
+    assert len(dms(bot, "gina")) == 4  # offer, ask, re-ask, the guide
+    assert bot.sim.refused() == []
+
+
+@pytest.fixture
+async def extra(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, clock: Any) -> Any:
+    folder = ROOT / "tests" / "e2e_flows"
+    s = await make_stack(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        clock,
+        flows_dir=str(folder / "flows"),
+        templates_dir=str(folder / "templates"),
+    )
+    yield s
+    await s.sim.close()
+
+
+async def test_live_comment_story_reply_and_postback_triggers(extra: Stack) -> None:
+    await extra.sim.player.live_comment(IG_ACCOUNT, "hana", "live1", "LINK?")
+    await extra.sim.player.story_reply(IG_ACCOUNT, "ivan", "story1", "so good")
+    await extra.sim.player.postback(IG_ACCOUNT, "jo", "GET_STARTED", "Get started")
+    await extra.run_until(extra.clock.now() + M)
+    assert [e.basis for e in dms(extra, "hana")] == ["private_reply"]
+    assert [e.basis for e in dms(extra, "ivan")] == ["standard_window"]
+    assert [e.basis for e in dms(extra, "jo")] == ["standard_window"]
+    tags = await extra.rows("SELECT tags FROM contacts WHERE user_id = ?", extra.user("jo"))
+    assert "vip" in tags[0][0]
+    assert extra.sim.refused() == []
+
+
+async def test_a_template_that_fails_at_runtime_sends_nothing_and_says_why(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, clock: Any
+) -> None:
+    flows, templates = tmp_path / "f", tmp_path / "t"
+    flows.mkdir()
+    templates.mkdir()
+    (flows / "f.yaml").write_text(
+        "flows:\n  - id: f\n    trigger: {type: dm, keywords: [hello]}\n    steps:\n"
+        "      - {id: s, type: send, template: x.j2}\n"
+    )
+    # Renders with `bot check`'s sample data; fails on a real contact without a name.
+    (templates / "x.j2").write_text("Hello {{ contact.name.upper() }}, part one.")
+    s = await make_stack(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        clock,
+        flows_dir=str(flows),
+        templates_dir=str(templates),
+    )
+    try:
+        await s.sim.player.dm(IG_ACCOUNT, "kim", "hello")
+        await s.run_until(s.clock.now() + M)
+        assert s.sim.log.entries == []  # not even part of it
+        [(reason, detail)] = await s.rows(
+            "SELECT reason, detail FROM send_log WHERE outcome = 'dropped'"
+        )
+        assert reason == "template_failed" and "x.j2" in detail
+    finally:
+        await s.sim.close()
