@@ -52,7 +52,7 @@ from bot.store.conversations import (
 )
 from bot.store.db import Database
 from bot.store.outbox import Outcome as LogOutcome
-from bot.store.outbox import SendKind, enqueue, log_send
+from bot.store.outbox import SendKind, enqueue, log_send, reconcile_echo
 
 __all__ = ["Engine"]
 
@@ -105,10 +105,16 @@ class Engine:
             profile = self._profile.for_platform(states[key].platform)
             for ev in evs:
                 states[key] = apply_event(states[key], ev, profile)
-        if self.flowset is not None:
-            for ev in usable:
-                if _starts_or_answers(ev):
-                    await self._flow_event(conn, ev, states)
+        for ev in usable:
+            if isinstance(ev, Message) and ev.is_echo and ev.user_id is not None:
+                settled = await reconcile_echo(
+                    conn, ev.account_id, ev.user_id, ev.text, ev.mid, ev.timestamp
+                )
+                if settled is not None:
+                    self._metrics.inc("sends_reconciled", help="unknown sends shown sent by echo")
+                    log.info("outbox %d: Meta's echo shows it was delivered", settled)
+            elif self.flowset is not None and _starts_or_answers(ev):
+                await self._flow_event(conn, ev, states)
         changed = {k: s for k, s in states.items() if s != before.get(k)}
         await save_states(conn, changed, self._clock.now())
 

@@ -210,6 +210,7 @@ async def test_transient_errors_are_retried_within_the_deadline(stack: Stack) ->
 async def test_a_send_whose_outcome_is_unknown_is_never_resent(stack: Stack) -> None:
     await stack.sim.player.dm(IG_ACCOUNT, "alice", "hi")
     await stack.process()
+    stack.sim.echoes = False  # no echo comes to settle it
     stack.sim.faults.next("accept_then_drop")
     await queue(stack, stack.user("alice"), "once only")
     await stack.run_until(stack.clock.now() + H)
@@ -279,3 +280,17 @@ async def test_sends_in_flight_at_a_crash_are_settled_as_unknown_not_resent(stac
     await stack.run_until(stack.clock.now() + H)
     assert stack.sim.accepted() == []
     assert [(o, r) for o, _, _, r in await log_of(stack)] == [("unknown", "in_flight_at_restart")]
+
+
+async def test_an_unknown_outcome_is_settled_as_sent_when_metas_echo_arrives(
+    stack: Stack,
+) -> None:
+    await stack.sim.player.dm(IG_ACCOUNT, "alice", "hi")
+    await stack.process()
+    stack.sim.faults.next("accept_then_drop")
+    await queue(stack, stack.user("alice"), "did this go?")
+    await stack.run_until(stack.clock.now() + timedelta(minutes=1))  # the echo comes back
+    outcomes = [(o, r) for o, _, _, r in await log_of(stack)]
+    assert outcomes == [("unknown", "unknown_outcome"), ("sent", "reconciled_by_echo")]
+    assert await stack.rows("SELECT state FROM outbox") == [("sent",)]
+    assert len(stack.sim.accepted()) == 1

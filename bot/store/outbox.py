@@ -31,6 +31,7 @@ __all__ = [
     "log_send",
     "next_due_at",
     "pending_past_deadline",
+    "reconcile_echo",
     "release",
     "sends_since",
     "unclaim",
@@ -283,6 +284,55 @@ async def sends_since(
         row = await cur.fetchone()
     assert row is not None
     return int(row[0]), None if row[1] is None else from_ms(row[1])
+
+
+async def reconcile_echo(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    user_id: str,
+    text: str | None,
+    mid: str,
+    at: datetime,
+) -> int | None:
+    """An echo of a send whose outcome was unknown proves it went: settle it as sent.
+
+    Matched by recipient and text, oldest first, among rows created before the echo; the
+    echo's mid must not already belong to a settled send. Returns the outbox id settled.
+    """
+    if not text:
+        return None
+    async with conn.execute(
+        "SELECT 1 FROM send_log WHERE account_id = ? AND message_id = ? LIMIT 1",
+        (account_id, mid),
+    ) as cur:
+        if await cur.fetchone():
+            return None
+    async with conn.execute(
+        "SELECT id, kind, comment_id, body FROM outbox WHERE account_id = ? AND user_id = ?"
+        " AND created_at <= ? AND (state = 'unknown' OR (state = 'pending' AND attempts > 0))"
+        " ORDER BY id",
+        (account_id, user_id, to_ms(at)),
+    ) as cur:
+        rows = list(await cur.fetchall())
+    for item_id, kind, comment_id, body in rows:
+        if json.loads(body).get("text") != text:
+            continue
+        await finish(conn, int(item_id), "sent")
+        await log_send(
+            conn,
+            at=at,
+            outcome=Outcome.SENT,
+            account_id=account_id,
+            user_id=user_id,
+            kind=SendKind(kind),
+            outbox_id=int(item_id),
+            comment_id=comment_id,
+            reason="reconciled_by_echo",
+            detail="the outcome was unknown; Meta's echo shows it was delivered",
+            message_id=mid,
+        )
+        return int(item_id)
+    return None
 
 
 async def pending_past_deadline(
