@@ -142,6 +142,7 @@ def config_from_mapping(
             )
         return value
 
+    app_secret, verify_token = secret("app_secret"), secret("verify_token")
     raw_accounts = data.get("accounts")
     if not isinstance(raw_accounts, list) or not raw_accounts:
         raise ConfigError(f"{source}: 'accounts' must be a non-empty list of accounts")
@@ -176,8 +177,8 @@ def config_from_mapping(
     profile = data.get("policy_profile")
 
     return Config(
-        app_secret=secret("app_secret"),
-        verify_token=secret("verify_token"),
+        app_secret=app_secret,
+        verify_token=verify_token,
         accounts=accounts,
         host=str(listen.get("host", "127.0.0.1")),
         port=_int(listen.get("port", 8080), "listen.port", source, 0, 65535),
