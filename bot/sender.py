@@ -192,25 +192,7 @@ class Sender:
         async with self._db.transaction() as conn:
             state = await self._state(conn, account, item)
             await self._remember(conn, account, item, record_send(state, decision, now), now)
-            await finish(conn, item.id, "sent")
-            await log_send(
-                conn,
-                at=now,
-                outcome=Outcome.SENT,
-                account_id=item.account_id,
-                user_id=item.user_id,
-                kind=item.kind,
-                outbox_id=item.id,
-                comment_id=item.comment_id,
-                basis=decision.basis.value,
-                message_id=result.message_id,
-            )
-        self._metrics.inc(
-            "sends",
-            kind=item.kind.value,
-            basis=decision.basis.value,
-            help="messages Meta accepted",
-        )
+            await self._settle_sent(conn, item, decision.basis.value, result.message_id, now)
         log.info(
             "sent %s to %s on %s (outbox %d)",
             item.kind,
@@ -240,23 +222,33 @@ class Sender:
         except GraphError as exc:
             return await self._failed(account, item, None, exc)
         async with self._db.transaction() as conn:
-            await finish(conn, item.id, "sent")
-            await log_send(
-                conn,
-                at=now,
-                outcome=Outcome.SENT,
-                account_id=item.account_id,
-                user_id=item.user_id,
-                kind=item.kind,
-                outbox_id=item.id,
-                comment_id=item.comment_id,
-                basis="public_comment",
-                message_id=reply_id,
-            )
-        self._metrics.inc(
-            "sends", kind=item.kind.value, basis="public_comment", help="messages Meta accepted"
-        )
+            await self._settle_sent(conn, item, "public_comment", reply_id, now)
         return True
+
+    async def _settle_sent(
+        self,
+        conn: aiosqlite.Connection,
+        item: OutboxItem,
+        basis: str,
+        message_id: str | None,
+        now: datetime,
+    ) -> None:
+        await finish(conn, item.id, "sent")
+        await log_send(
+            conn,
+            at=now,
+            outcome=Outcome.SENT,
+            account_id=item.account_id,
+            user_id=item.user_id,
+            kind=item.kind,
+            outbox_id=item.id,
+            comment_id=item.comment_id,
+            basis=basis,
+            message_id=message_id,
+        )
+        self._metrics.inc(
+            "sends", kind=item.kind.value, basis=basis, help="messages Meta accepted"
+        )
 
     async def _failed(
         self, account: Account, item: OutboxItem, allowed: Allowed | None, exc: GraphError

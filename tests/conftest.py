@@ -234,3 +234,26 @@ async def stack(
     s = await make_stack(aiohttp_client, aiohttp_server, tmp_path, clock)
     yield s
     await s.sim.close()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def bot(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    aiohttp_server: Any,
+    tmp_path: Path,
+    clock: VirtualClock,
+) -> Any:
+    """The whole stack running the shipped example flows and templates."""
+    s = await make_stack(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        clock,
+        flows_dir=str(ROOT / "flows"),
+        templates_dir=str(ROOT / "templates"),
+    )
+    yield s
+    await s.sim.close()

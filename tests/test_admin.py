@@ -6,27 +6,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bot.admin import release_handoff, resume_account
 from tests.conftest import IG_ACCOUNT, Stack, make_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 M = timedelta(minutes=1)
-
-
-@pytest.fixture
-async def bot(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, clock: Any) -> Any:
-    s = await make_stack(
-        aiohttp_client,
-        aiohttp_server,
-        tmp_path,
-        clock,
-        flows_dir=str(ROOT / "flows"),
-        templates_dir=str(ROOT / "templates"),
-    )
-    yield s
-    await s.sim.close()
 
 
 def dm_count(stack: Stack, user: str) -> int:

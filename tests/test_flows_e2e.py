@@ -17,20 +17,6 @@ H = timedelta(hours=1)
 D = timedelta(days=1)
 
 
-@pytest.fixture
-async def bot(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, clock: Any) -> Any:
-    s = await make_stack(
-        aiohttp_client,
-        aiohttp_server,
-        tmp_path,
-        clock,
-        flows_dir=str(ROOT / "flows"),
-        templates_dir=str(ROOT / "templates"),
-    )
-    yield s
-    await s.sim.close()
-
-
 def dms(stack: Stack, user: str) -> list[Any]:
     """What Meta accepted into the user's DMs (public comment replies left out)."""
     return [e for e in stack.sim.accepted(user=stack.user(user)) if e.endpoint == "messages"]
