@@ -45,6 +45,7 @@ from bot.store.outbox import (
     claim_due,
     finish,
     log_send,
+    mark_sending,
     next_due_at,
     pending_past_deadline,
     release,
@@ -184,6 +185,7 @@ class Sender:
             if isinstance(decision, Refused):
                 await self._drop(conn, item, Outcome.DROPPED, decision.reason, decision.detail)
                 return True
+            await mark_sending(conn, item.id)
         body = self._body(item, decision)
         try:
             result = await self._graph.send_message(account, body)
@@ -215,6 +217,8 @@ class Sender:
 
     async def _public_reply(self, account: Account, item: OutboxItem, now: datetime) -> bool:
         assert item.comment_id is not None
+        async with self._db.transaction() as conn:
+            await mark_sending(conn, item.id)
         try:
             reply_id = await self._graph.reply_to_comment(
                 account, item.comment_id, str(item.message.get("text", ""))
@@ -452,6 +456,11 @@ class Sender:
                 " WHERE state = 'sending'"
             ) as cur:
                 rows = list(await cur.fetchall())
+            # Leased but never tried: simply back in the queue.
+            await conn.execute(
+                "UPDATE outbox SET lease_owner = NULL, lease_until = NULL"
+                " WHERE state = 'pending' AND lease_owner IS NOT NULL"
+            )
             for item_id, account_id, user_id, comment_id, kind in rows:
                 if self._settings.delivery == "at_least_once":
                     await release(conn, item_id, due_at=now)

@@ -274,12 +274,20 @@ async def test_sends_in_flight_at_a_crash_are_settled_as_unknown_not_resent(stac
     item = await queue(stack, stack.user("alice"), "in flight")
     db = stack.rt.db
     assert db is not None and stack.rt.sender is not None
-    async with db.transaction() as conn:  # as a kill -9 mid-send would leave it
+    other = await queue(stack, stack.user("alice"), "leased, not yet tried")
+    async with db.transaction() as conn:  # as a kill -9 mid-send would leave them
         await conn.execute("UPDATE outbox SET state = 'sending' WHERE id = ?", (item,))
+        await conn.execute(
+            "UPDATE outbox SET lease_owner = 'x', lease_until = 9e15 WHERE id = ?", (other,)
+        )
     assert await stack.rt.sender.recover() == 1
     await stack.run_until(stack.clock.now() + H)
-    assert stack.sim.accepted() == []
-    assert [(o, r) for o, _, _, r in await log_of(stack)] == [("unknown", "in_flight_at_restart")]
+    # Only the one in flight is unknown; the leased one goes out as normal.
+    assert [e.body["message"]["text"] for e in stack.sim.accepted()] == ["leased, not yet tried"]
+    assert [(o, r) for o, _, _, r in await log_of(stack)] == [
+        ("unknown", "in_flight_at_restart"),
+        ("sent", None),
+    ]
 
 
 async def test_an_unknown_outcome_is_settled_as_sent_when_metas_echo_arrives(
@@ -291,6 +299,6 @@ async def test_an_unknown_outcome_is_settled_as_sent_when_metas_echo_arrives(
     await queue(stack, stack.user("alice"), "did this go?")
     await stack.run_until(stack.clock.now() + timedelta(minutes=1))  # the echo comes back
     outcomes = [(o, r) for o, _, _, r in await log_of(stack)]
-    assert outcomes == [("unknown", "unknown_outcome"), ("sent", "reconciled_by_echo")]
+    assert outcomes == [("sent", "reconciled_by_echo")]  # one send, one log row
     assert await stack.rows("SELECT state FROM outbox") == [("sent",)]
     assert len(stack.sim.accepted()) == 1

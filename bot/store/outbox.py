@@ -22,6 +22,7 @@ from bot.policy import Author, Content, Intent
 __all__ = [
     "OutboxItem",
     "Outcome",
+    "QueueOrder",
     "SendKind",
     "claim_due",
     "enqueue",
@@ -29,6 +30,7 @@ __all__ = [
     "intent_from_json",
     "intent_to_json",
     "log_send",
+    "mark_sending",
     "next_due_at",
     "pending_past_deadline",
     "reconcile_echo",
@@ -55,6 +57,19 @@ class Outcome(StrEnum):
     RETRYING = "retrying"  # a transient error; it stays queued
     UNKNOWN = "unknown"  # the request may have reached Meta; not resent (at-most-once)
     HELD = "held"  # the account is paused; it stays queued
+
+
+class QueueOrder(StrEnum):
+    """How `claim_due` picks among due rows when capacity is short."""
+
+    EDF = "edf"  # earliest deadline first (the sender's order, POLICY.md §4)
+    FIFO = "fifo"  # oldest row first: the baseline bench/burst.py compares against
+
+
+_ORDER_BY = {
+    QueueOrder.EDF: "coalesce(deadline, 9223372036854775807), priority, id",
+    QueueOrder.FIFO: "id",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,24 +193,32 @@ async def claim_due(
     """Inside a transaction: lease up to `limit` due rows, earliest deadline first.
 
     Ties go to the lower priority number (a reply to a user who just wrote before a
-    follow-up), then to the older row.
+    follow-up), then to the older row. A lease is not an attempt: a row becomes 'sending'
+    only just before its own Graph call (`mark_sending`), so a crash leaves at most that one
+    in flight, and the rest of a leased batch simply goes back to the queue.
     """
     if limit <= 0:
         return []
     kind_test = "kind = 'private_reply'" if private_replies else "kind != 'private_reply'"
     async with conn.execute(
         f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND account_id = ?"
-        f" AND due_at <= ? AND {kind_test}"
+        f" AND due_at <= ? AND {kind_test} AND (lease_until IS NULL OR lease_until <= ?)"
         " ORDER BY coalesce(deadline, 9223372036854775807), priority, id LIMIT ?",
-        (account_id, to_ms(now), limit),
+        (account_id, to_ms(now), to_ms(now), limit),
     ) as cur:
         items = [_item(r) for r in await cur.fetchall()]
     await conn.executemany(
-        "UPDATE outbox SET state = 'sending', lease_owner = ?, lease_until = ?,"
-        " attempts = attempts + 1 WHERE id = ?",
+        "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id = ?",
         [(owner, to_ms(lease_until), i.id) for i in items],
     )
     return items
+
+
+async def mark_sending(conn: aiosqlite.Connection, item_id: int) -> None:
+    """The Graph call for this row is about to leave: from here its outcome may be unknown."""
+    await conn.execute(
+        "UPDATE outbox SET state = 'sending', attempts = attempts + 1 WHERE id = ?", (item_id,)
+    )
 
 
 async def release(
@@ -214,10 +237,10 @@ async def release(
 
 
 async def unclaim(conn: aiosqlite.Connection, item_ids: list[int]) -> None:
-    """Give leased rows back as if never claimed (their attempt did not happen)."""
+    """Give leased rows back untried."""
     await conn.executemany(
-        "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL,"
-        " attempts = attempts - 1 WHERE id = ? AND state = 'sending'",
+        "UPDATE outbox SET lease_owner = NULL, lease_until = NULL"
+        " WHERE id = ? AND state = 'pending'",
         [(i,) for i in item_ids],
     )
 
@@ -286,6 +309,9 @@ async def sends_since(
     return int(row[0]), None if row[1] is None else from_ms(row[1])
 
 
+_RECONCILED = "the outcome was unknown; Meta's echo shows it was delivered"
+
+
 async def reconcile_echo(
     conn: aiosqlite.Connection,
     account_id: str,
@@ -318,6 +344,14 @@ async def reconcile_echo(
         if json.loads(body).get("text") != text:
             continue
         await finish(conn, int(item_id), "sent")
+        # One send, one log row: the 'unknown' entry becomes 'sent' (the caps count it once).
+        cur = await conn.execute(
+            "UPDATE send_log SET outcome = 'sent', reason = 'reconciled_by_echo',"
+            " detail = ?, message_id = ? WHERE outbox_id = ? AND outcome = 'unknown'",
+            (_RECONCILED, mid, int(item_id)),
+        )
+        if cur.rowcount:
+            return int(item_id)
         await log_send(
             conn,
             at=at,
@@ -328,7 +362,7 @@ async def reconcile_echo(
             outbox_id=int(item_id),
             comment_id=comment_id,
             reason="reconciled_by_echo",
-            detail="the outcome was unknown; Meta's echo shows it was delivered",
+            detail=_RECONCILED,
             message_id=mid,
         )
         return int(item_id)
