@@ -196,3 +196,14 @@ async def test_a_template_that_fails_at_runtime_sends_nothing_and_says_why(
         assert reason == "template_failed" and "x.j2" in detail
     finally:
         await s.sim.close()
+
+
+async def test_an_ig_me_referral_link_starts_its_flow_and_opens_the_window(bot: Stack) -> None:
+    await bot.sim.player.referral(IG_ACCOUNT, "lee", "guide")
+    await bot.run_until(bot.clock.now() + M)
+    await bot.sim.player.dm(IG_ACCOUNT, "lee", "lee@example.org")
+    await bot.run_until(bot.clock.now() + M)
+    assert [e.basis for e in dms(bot, "lee")] == ["standard_window", "standard_window"]
+    row = await bot.rows("SELECT email, tags FROM contacts WHERE user_id = ?", bot.user("lee"))
+    assert row[0][0] == "lee@example.org" and "lead" in row[0][1]
+    assert bot.sim.refused() == []
