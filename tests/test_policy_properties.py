@@ -65,7 +65,7 @@ TOPICS = ("a", "b")
 TAGS = (None, "HUMAN_AGENT", "POST_PURCHASE_UPDATE", "ACCOUNT_UPDATE", "SHIPPING_UPDATE")
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # The oracle test is the one that finds bugs: it gets the larger share of the time budget.
-THOROUGH = settings(FAST, max_examples=300)
+THOROUGH = settings(FAST, max_examples=500)
 Session = tuple[PolicyProfile, Platform, list[tuple[datetime, Any]]]
 
 # --- strategies ------------------------------------------------------------------------------
@@ -76,7 +76,9 @@ SIMPLE = (dm, echo, deleted, story_reply, story_mention, quick_reply, postback, 
 BOOL = st.booleans()
 INDEX = st.integers(0, 1 << 16)
 OFFSETS = st.integers(0, 20 * 60) | st.integers(0, 8 * 24 * 60)
-FOCUS = ("mixed", "optins", "tokens")
+LATER = st.integers(20 * 60, 8 * 24 * 60)  # past the 24 h window, around the 7-day ones
+FOCUS = ("mixed", "optins", "tokens", "agents")
+MOSTLY_A = st.sampled_from(("a", "a", "a", "b"))  # token sessions: topics that match often
 
 
 @cache
@@ -109,7 +111,8 @@ def histories(draw: st.DrawFn, platform: Platform, tokens_focus: bool = False) -
         events.append(comment(moment(draw), f"c{i}", platform, live=live, own=own))
     tokens = []
     for i in range(draw(ints(2, 5) if tokens_focus else ints(0, 3))):
-        kind, topic, ts = draw(one(tuple(OptInKind))), draw(one(TOPICS)), moment(draw)
+        topic = draw(MOSTLY_A if tokens_focus else one(TOPICS))
+        kind, ts = draw(one(tuple(OptInKind))), moment(draw)
         expiry = ts + draw(ints(1, 40)) * DAY if draw(BOOL) else None
         freq = draw(one(("DAILY", "WEEKLY", "MONTHLY", None)))
         tokens.append(f"t{i}")
@@ -163,7 +166,14 @@ TOKEN_INTENTS = st.builds(
     Intent,
     author=one(tuple(Author)),
     via_token=one((None, *OptInKind)),
-    topic=one(TOPICS),
+    topic=MOSTLY_A,
+)
+# Humans and tags after the 24 h window: HUMAN_AGENT, tag and content rules.
+AGENT_INTENTS = st.builds(
+    Intent,
+    author=one(tuple(Author)),
+    content=one((Content.PROMOTIONAL, Content.SUPPORT, Content.NON_PROMOTIONAL)),
+    tag=one(TAGS),
 )
 INTENTS = st.one_of(
     one(tuple(Intent(comment_id=f"c{i}") for i in range(5))),
@@ -182,19 +192,24 @@ FOCUSED_INTENTS = {
     "mixed": INTENTS,
     "optins": st.one_of(OPTIN_REQUESTS, OPTIN_REQUESTS, OPTIN_REQUESTS, INTENTS),
     "tokens": TOKEN_INTENTS,
+    "agents": AGENT_INTENTS,
 }
 
 
 @st.composite
 def sessions(draw: st.DrawFn) -> Session:
-    """A mixed session, or one focused on opt-in requests or on token sends."""
+    """A mixed session, or one focused on opt-in requests, token sends or humans and tags."""
     focus = draw(one(FOCUS))
     intents = FOCUSED_INTENTS[focus]
     busy = focus != "mixed"  # focused sessions: more user messages, longer bursts
     profile = draw(profiles(focus))
     platform = draw(one(tuple(Platform)))
     events = draw(histories(platform, tokens_focus=focus == "tokens"))
-    events += [dm(moment(draw), platform) for _ in range(draw(ints(0, 3 * busy)))]
+    # Extra user messages; for opt-in sessions within one week, so the weekly cap can bind.
+    span = 7 * 24 * 60 if focus == "optins" else SPAN
+    events += [
+        dm(T0 + draw(ints(0, span)) * MIN, platform) for _ in range(draw(ints(0, 3 * busy)))
+    ]
     steps: list[tuple[datetime, Any]] = []
     for event in events:  # delivered late, sometimes very late
         delay = draw(one((0, 1, 60, 24 * 60, 2 * 24 * 60)))
@@ -206,7 +221,8 @@ def sessions(draw: st.DrawFn) -> Session:
     for _ in range(draw(ints(1 + busy, 4))):
         anchor = pick(draw, users or [e.timestamp for e in events] or [T0])
         for _ in range(draw(ints(1 + 2 * busy, 8))):
-            steps.append((anchor + draw(OFFSETS) * MIN, draw(intents)))
+            offset = draw(LATER if focus == "agents" else OFFSETS)
+            steps.append((anchor + offset * MIN, draw(intents)))
     if focus == "mixed":
         for _ in range(draw(ints(0, 2))):
             steps.append((moment(draw), draw(one(("unreachable", "handoff", "handback")))))
