@@ -44,6 +44,7 @@ from bot.store.outbox import (
     SendKind,
     claim_due,
     finish,
+    in_flight,
     log_send,
     mark_sending,
     next_due_at,
@@ -451,30 +452,37 @@ class Sender:
         """At start-up: settle rows a crash left 'sending' (see the module docstring)."""
         now = self._clock.now()
         async with self._db.transaction() as conn:
-            async with conn.execute(
-                "SELECT id, account_id, user_id, comment_id, kind FROM outbox"
-                " WHERE state = 'sending'"
-            ) as cur:
-                rows = list(await cur.fetchall())
+            rows = await in_flight(conn)
             # Leased but never tried: simply back in the queue.
             await conn.execute(
                 "UPDATE outbox SET lease_owner = NULL, lease_until = NULL"
                 " WHERE state = 'pending' AND lease_owner IS NOT NULL"
             )
-            for item_id, account_id, user_id, comment_id, kind in rows:
+            for item in rows:
                 if self._settings.delivery == "at_least_once":
-                    await release(conn, item_id, due_at=now)
+                    await release(conn, item.id, due_at=now)
                     continue
-                await finish(conn, item_id, "unknown")
+                account = self._config.account(item.account_id)
+                if account is not None and item.kind is not SendKind.PUBLIC_REPLY:
+                    # It may have reached Meta: count it as sent for the rules, as a live
+                    # unknown outcome is (a private reply then blocks other sends until
+                    # the user writes, exactly as Meta will).
+                    state = await self._state(conn, account, item)
+                    decision = decide(state, item.intent, now, self._profile)
+                    if isinstance(decision, Allowed):
+                        await self._remember(
+                            conn, account, item, record_send(state, decision, now), now
+                        )
+                await finish(conn, item.id, "unknown")
                 await log_send(
                     conn,
                     at=now,
                     outcome=Outcome.UNKNOWN,
-                    account_id=account_id,
-                    user_id=user_id,
-                    kind=SendKind(kind),
-                    outbox_id=item_id,
-                    comment_id=comment_id,
+                    account_id=item.account_id,
+                    user_id=item.user_id,
+                    kind=item.kind,
+                    outbox_id=item.id,
+                    comment_id=item.comment_id,
                     reason="in_flight_at_restart",
                     detail="the daemon stopped while this send was in flight; not resent",
                 )

@@ -302,3 +302,27 @@ async def test_an_unknown_outcome_is_settled_as_sent_when_metas_echo_arrives(
     assert outcomes == [("sent", "reconciled_by_echo")]  # one send, one log row
     assert await stack.rows("SELECT state FROM outbox") == [("sent",)]
     assert len(stack.sim.accepted()) == 1
+
+
+async def test_a_private_reply_in_flight_at_a_crash_still_blocks_other_sends(stack: Stack) -> None:
+    await stack.sim.player.dm(IG_ACCOUNT, "alice", "hi")  # an open window...
+    stack.clock.advance(timedelta(minutes=1))
+    c = await stack.sim.player.comment(IG_ACCOUNT, "alice", "reel1", "PRICING")
+    await stack.process()
+    item = await queue(
+        stack,
+        stack.user("alice"),
+        "price",
+        kind=SendKind.PRIVATE_REPLY,
+        intent=Intent(comment_id=c.comment_id),
+        once_key=f"pr:{c.comment_id}",
+    )
+    db = stack.rt.db
+    assert db is not None and stack.rt.sender is not None
+    async with db.transaction() as conn:  # ...and the private reply may have reached Meta
+        await conn.execute("UPDATE outbox SET state = 'sending' WHERE id = ?", (item,))
+    await stack.rt.sender.recover()
+    await queue(stack, stack.user("alice"), "and another thing")
+    await stack.process()
+    assert stack.sim.log.entries == []
+    assert (await log_of(stack))[-1][3] == "awaiting_user_reply"
