@@ -104,7 +104,7 @@ class Daemon:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    async def start(self, timeout: float = 30.0) -> int:
+    async def start(self, within: float = 30.0) -> int:
         started = time.monotonic()
         err = _open_log(self.log)
         try:
@@ -122,7 +122,7 @@ class Daemon:
         finally:
             err.close()
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        line = await asyncio.wait_for(self.proc.stdout.readline(), within)
         if not line:
             await self._reap()
             raise AssertionError(f"the daemon exited before ready:\n{self.tail()}")
@@ -136,11 +136,11 @@ class Daemon:
         self.proc.send_signal(signal.SIGKILL)
         await asyncio.wait_for(self._reap(), 10.0)
 
-    async def stop(self, timeout: float = 30.0) -> int:
+    async def stop(self, within: float = 30.0) -> int:
         """SIGTERM: the graceful path (stop accepting, flush the inbox, finish the batch)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self._reap(), timeout)
+        return await asyncio.wait_for(self._reap(), within)
 
     async def _reap(self) -> int:
         assert self.proc is not None and self.proc.stdout is not None
@@ -159,8 +159,13 @@ def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in conn.execute(sql, args).fetchall()]
 
 
-async def poll(check: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
+def _in_flight_at_restart(db: Path) -> int:
+    sql = "SELECT count(*) FROM send_log WHERE reason = 'in_flight_at_restart'"
+    return int(query(db, sql)[0][0])
+
+
+async def poll(check: Callable[[], bool], within: float, every: float = 0.05) -> bool:
+    deadline = time.monotonic() + within
     while True:
         if check():
             return True
@@ -269,6 +274,7 @@ class Kill:
     at: float  # seconds into the run
     sending: list[int]  # outbox rows left 'sending' (in flight, or leased and not yet tried)
     inbox_new: int  # acknowledged deliveries not yet processed at the kill
+    unknown: int = 0  # rows the restart then settled `unknown` (in_flight_at_restart)
 
 
 @dataclass
@@ -299,6 +305,9 @@ async def crash_run(
         clock, [(IG, "instagram", TOKENS[IG]), (FB, "messenger", TOKENS[FB])], APP_SECRET
     )
     sim.webhook_timeout = 5.0
+    # Each Graph call takes a little while, as Meta's do, so some kills land mid-send: the
+    # at-most-once path (in flight -> unknown, never resent) is exercised, not just claimed.
+    sim.faults.latency = 0.03
     runner = web.AppRunner(create_simulator_app(sim), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -329,7 +338,9 @@ async def crash_run(
                 )
             )
             await asyncio.sleep(rng.uniform(*down))  # webhooks fail meanwhile; Meta retries
-            await daemon.start()
+            before = _in_flight_at_restart(db)
+            await daemon.start()  # recover() runs before the ready line
+            record[-1].unknown = _in_flight_at_restart(db) - before
         await asyncio.sleep(tail)
         stop_load.set()
         await asyncio.wait_for(load_task, 30.0)
@@ -427,10 +438,11 @@ def check_guarantees(run: Run) -> tuple[list[str], dict[str, Any]]:
 
     # 3. Nothing sent twice.
     refusals = Counter(str(e.reason) for e in sim.refused())
-    if refusals[str(Reason.PRIVATE_REPLY_USED)]:
-        problems.append(f"{refusals[str(Reason.PRIVATE_REPLY_USED)]} second private replies")
-    if refusals:
-        problems.append(f"the simulator refused sends: {dict(refusals)}")
+    # What Meta refuses because it was already sent. (Other refusals are printed with the
+    # figures: they are not about crashes, e.g. a user's DM racing an in-flight private reply.)
+    for reason in (Reason.PRIVATE_REPLY_USED, Reason.TOKEN_USED, Reason.OPTIN_DUPLICATE):
+        if refusals[str(reason)]:
+            problems.append(f"{refusals[str(reason)]} sends refused as {reason}: sent twice")
     accepted = [e for e in sim.accepted() if e.endpoint == "messages"]
     replies = Counter(
         e.recipient.get("comment_id") for e in accepted if "comment_id" in e.recipient
@@ -476,16 +488,12 @@ def check_guarantees(run: Run) -> tuple[list[str], dict[str, Any]]:
 
     # 4. At most once: one send in flight per kill, at most.
     for k in run.kills:
-        if len(k.sending) > 1:
+        if k.unknown > 1:
             problems.append(
-                f"kill at {k.at:.1f}s left {len(k.sending)} outbox rows 'sending' (settled"
-                f" unknown, never sent), not at most the one in flight: {k.sending}"
+                f"the restart after the kill at {k.at:.1f}s settled {k.unknown} sends as"
+                f" unknown (never to be sent), not at most the one in flight; rows left"
+                f" 'sending' by the kill: {k.sending}"
             )
-    in_flight = query(db, "SELECT count(*) FROM send_log WHERE reason = 'in_flight_at_restart'")[
-        0
-    ][0]
-    if in_flight != sum(len(k.sending) for k in run.kills):
-        problems.append(f"{in_flight} in_flight_at_restart rows for kills {run.kills}")
 
     figures = {
         "seconds": round(run.seconds, 1),
@@ -496,6 +504,7 @@ def check_guarantees(run: Run) -> tuple[list[str], dict[str, Any]]:
         "events": len(seen),
         "inbox_new_at_kills": [k.inbox_new for k in run.kills],
         "sending_at_kills": [len(k.sending) for k in run.kills],
+        "unknown_after_kills": [k.unknown for k in run.kills],
         "retried": load.redelivered,
         "duplicated": load.duplicated,
         "comments": len(acked_comments),
@@ -516,10 +525,10 @@ async def _crash_test(tmp_path: Path, **kw: Any) -> None:
     assert figures["comments"] > 10 and figures["accepted"] > 10, figures
 
 
-async def test_crash_quick_two_kills_keep_every_promise(tmp_path: Path) -> None:
-    await _crash_test(tmp_path, seed=4, kills=2, rate=12.0, between=(1.5, 3.5))
+async def test_kill_9_under_load_loses_no_webhook_and_sends_nothing_twice(tmp_path: Path) -> None:
+    await _crash_test(tmp_path, seed=4, kills=3, rate=12.0, between=(1.0, 2.5))
 
 
 @pytest.mark.slow
-async def test_crash_soak_many_kills_keep_every_promise(tmp_path: Path) -> None:
+async def test_kill_9_soak_loses_no_webhook_and_sends_nothing_twice(tmp_path: Path) -> None:
     await _crash_test(tmp_path, seed=44, kills=8, rate=15.0, between=(0.3, 5.0), tail=3.0)

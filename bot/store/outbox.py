@@ -28,6 +28,7 @@ __all__ = [
     "enqueue",
     "finish",
     "intent_from_json",
+    "in_flight",
     "intent_to_json",
     "log_send",
     "mark_sending",
@@ -189,13 +190,15 @@ async def claim_due(
     limit: int,
     owner: str,
     lease_until: datetime,
+    order: QueueOrder = QueueOrder.EDF,
 ) -> list[OutboxItem]:
     """Inside a transaction: lease up to `limit` due rows, earliest deadline first.
 
     Ties go to the lower priority number (a reply to a user who just wrote before a
-    follow-up), then to the older row. A lease is not an attempt: a row becomes 'sending'
-    only just before its own Graph call (`mark_sending`), so a crash leaves at most that one
-    in flight, and the rest of a leased batch simply goes back to the queue.
+    follow-up), then to the older row; `order=FIFO` takes the oldest rows (bench/burst.py).
+    A lease is not an attempt: a row becomes 'sending' only just before its own Graph call
+    (`mark_sending`), so a crash leaves at most that one in flight, and the rest of a leased
+    batch simply goes back to the queue.
     """
     if limit <= 0:
         return []
@@ -203,7 +206,7 @@ async def claim_due(
     async with conn.execute(
         f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND account_id = ?"
         f" AND due_at <= ? AND {kind_test} AND (lease_until IS NULL OR lease_until <= ?)"
-        " ORDER BY coalesce(deadline, 9223372036854775807), priority, id LIMIT ?",
+        f" ORDER BY {_ORDER_BY[order]} LIMIT ?",
         (account_id, to_ms(now), to_ms(now), limit),
     ) as cur:
         items = [_item(r) for r in await cur.fetchall()]
@@ -367,6 +370,12 @@ async def reconcile_echo(
         )
         return int(item_id)
     return None
+
+
+async def in_flight(conn: aiosqlite.Connection) -> list[OutboxItem]:
+    """Rows whose Graph call had left when the daemon stopped."""
+    async with conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE state = 'sending'") as cur:
+        return [_item(r) for r in await cur.fetchall()]
 
 
 async def pending_past_deadline(
