@@ -9,11 +9,17 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import settings
 
 from bot.app import RUNTIME, Runtime, create_app
 from bot.clock import VirtualClock, utc
 from bot.config import Config, config_from_mapping
 from bot.webhook import sign
+
+# Hypothesis' per-example deadline is a timing assertion: on a shared 2-core machine it fails
+# at random. Speed is measured in bench/, never in tests.
+settings.register_profile("bot", deadline=None)
+settings.load_profile("bot")
 
 APP_SECRET = "test-app-secret-123"
 VERIFY_TOKEN = "test-verify-token"
