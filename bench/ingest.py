@@ -59,7 +59,7 @@ def lua_script(n: int, pace_ms: float = 0.0) -> str:
                                     "from": {"id": f"user-{i % 5000}", "username": f"u{i}"},
                                     "media": {"id": "reel-1", "media_product_type": "REELS"},
                                     "id": f"bench-{os.getpid()}-{i}",
-                                    "text": "PRICING please",
+                                    "text": os.environ.get("BENCH_TEXT", "PRICING please"),
                                 },
                             }
                         ],
@@ -260,8 +260,12 @@ def main() -> None:
                 f"bot durable ingest ({label}, synchronous={sync}): {bot['rps']:.0f} req/s,"
                 f" ratio {bot['rps'] / bare['rps']:.2f}, p50 {bot['p50_ms']:.2f} ms,"
                 f" p99 {bot['p99_ms']:.2f} ms, non-2xx {bot['non_2xx']},"
-                f" acknowledged {bot['requests'] - bot['non_2xx']}, stored {bot['stored']},"
-                f" all processed {bot['drained_s']:.1f} s after the load"
+                f" acknowledged {bot['requests'] - bot['non_2xx']}, stored {bot['stored']}"
+                + (
+                    f", all processed {bot['drained_s']:.1f} s after the load"
+                    if "drained_s" in bot
+                    else ""
+                )
             )
             if args.paced and kind == "bot":
                 paced = run_one(kind, sync, args, paced_script)

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import sqlite3
 import statistics
@@ -54,13 +55,32 @@ from _common import (
 from aiohttp import web
 
 from bot.clock import SystemClock, to_ms
+from bot.config import config_from_mapping
 from bot.events import Platform
 from bot.flows.run import RunState, Waiting
-from bot.policy import ConversationState
+from bot.metrics import Metrics
+from bot.policy import ConversationState, PolicyProfile
 from bot.policy.serialize import to_dict
+from bot.sender import Sender
 from bot.simulator import Simulator, SimulatorRules, create_simulator_app
+from bot.store import flows as runs
+from bot.store import outbox
 from bot.store.db import Database
 
+# Ids of the contacts each run adds, clear of the bulk ones and of earlier runs (--reuse).
+RUN_BASE = 10_000_000 + (int(time.time()) % 10_000) * 10_000_000
+# The indexes this bench found missing (docs/benchmarks.md): without them every dispatcher
+# tick scans every queued outbox row twice, and every start once more. `--add-indexes` puts
+# them in the bench's database to measure the daemon as it would be with them.
+PROPOSED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS outbox_pending_deadline ON outbox (deadline)"
+    " WHERE state = 'pending' AND deadline IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS outbox_pending_kind ON outbox (account_id, kind, due_at)"
+    " WHERE state = 'pending'",
+    "CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (lease_owner)"
+    " WHERE lease_owner IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS outbox_sending ON outbox (id) WHERE state = 'sending'",
+)
 TARGET_RSS_MB = 300.0
 TARGET_READY_S = 10.0
 TARGET_P99_S = 1.0
@@ -203,7 +223,7 @@ def add_due(store: Store, sim: Simulator, first: datetime, count: int, window: f
     users = []
     for i in range(count):
         due = first + timedelta(seconds=window * i / max(count - 1, 1))
-        uid = user_id(10_000_000 + i)
+        uid = user_id(RUN_BASE + i)
         store.due[uid] = due
         users.append((uid, due, due - timedelta(hours=1)))
     open_windows(sim, users)
@@ -216,7 +236,7 @@ def add_overdue(store: Store, sim: Simulator, count: int, restart: int) -> None:
     now = datetime.now(UTC)
     users = [
         (
-            user_id(20_000_000 + restart * 1000 + i),
+            user_id(RUN_BASE + 5_000_000 + restart * 10_000 + i),
             now - timedelta(minutes=1),
             now - timedelta(hours=1),
         )
@@ -300,6 +320,7 @@ async def measure(store: Store, args: argparse.Namespace, tmp: Path) -> dict[str
                 break
             rss.append(rss_mb(daemon.pid)[0])
             await asyncio.sleep(0.5)
+        out["load"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
         out["rss_max"] = max(rss)
         out["rss_hwm"] = rss_mb(daemon.pid)[1]
         await daemon.kill()
@@ -345,6 +366,67 @@ def lateness(store: Store, sim: Simulator) -> dict[str, Any]:
     }
 
 
+class _Rollback(Exception):
+    pass
+
+
+async def tick_costs(path: Path) -> dict[str, float]:
+    """Where a dispatcher tick's time goes: each store call it makes, timed alone (ms).
+
+    The calls are the real ones (bot/store/flows.py, bot/store/outbox.py) on the bench's
+    database once the daemon has stopped; `recover` is what every start runs.
+    """
+    db = await Database.open(path)
+    now = datetime.now(UTC)
+    out: dict[str, float] = {}
+
+    async def timed(name: str, call: Any, repeat: int = 3) -> None:
+        took = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            await call()
+            took.append(time.perf_counter() - t)
+        out[name] = statistics.median(took) * 1000
+
+    async def claim(private: bool) -> None:
+        with contextlib.suppress(_Rollback):
+            async with db.transaction() as conn:
+                await outbox.claim_due(
+                    conn,
+                    IG_ACCOUNT,
+                    private_replies=private,
+                    now=now,
+                    limit=10,
+                    owner="bench",
+                    lease_until=now,
+                )
+                raise _Rollback
+
+    r = db.reader
+    try:
+        await timed("engine: due_runs", lambda: runs.due_runs(r, now))
+        await timed("engine: next_run_due", lambda: runs.next_run_due(r))
+        await timed("sender: pending_past_deadline", lambda: outbox.pending_past_deadline(r, now))
+        for private, what in ((True, "private replies"), (False, "messages")):
+            await timed(f"sender: claim_due ({what})", lambda p=private: claim(p))
+            await timed(
+                f"sender: next_due_at ({what})",
+                lambda p=private: outbox.next_due_at(r, IG_ACCOUNT, private_replies=p, after=now),
+            )
+            await timed(
+                f"sender: sends_since ({what})",
+                lambda p=private: outbox.sends_since(
+                    r, IG_ACCOUNT, private_replies=p, since=now - timedelta(hours=1)
+                ),
+            )
+        config = config_from_mapping(bot_settings(path, "http://127.0.0.1:9"), env={}, base=path)
+        sender = Sender(db, SystemClock(), None, PolicyProfile(), config, Metrics())  # type: ignore[arg-type]
+        await timed("start: Sender.recover", sender.recover, repeat=1)
+    finally:
+        await db.close()
+    return out
+
+
 def verdict(value: float | None, target: float, unit: str) -> str:
     if value is None:
         return f"n/a (target < {target:g} {unit})"
@@ -362,22 +444,38 @@ def main() -> int:
     parser.add_argument("--overdue", type=int, default=20, help="due before each start")
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--keep", type=Path, help="build the database in this folder, keep it")
+    parser.add_argument(
+        "--reuse", action="store_true", help="with --keep: use the database already there"
+    )
+    parser.add_argument(
+        "--add-indexes", action="store_true", help="add the indexes found missing, first"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="scheduler-") as tmpdir:
         tmp = args.keep or Path(tmpdir)
         tmp.mkdir(parents=True, exist_ok=True)
         db = tmp / "bot.sqlite3"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
-        print(f"loading {args.runs:,} follow-ups and {args.outbox:,} queued sends ...", flush=True)
-        store = fill(db, args.runs, args.outbox, args.seed)
+        if args.reuse and db.exists():
+            store = Store(db, args.runs, args.outbox)
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+            print(f"loading {args.runs:,} follow-ups, {args.outbox:,} queued sends", flush=True)
+            store = fill(db, args.runs, args.outbox, args.seed)
+        if args.add_indexes:
+            with bulk(db) as conn:
+                for sql in PROPOSED_INDEXES:
+                    conn.execute(sql)
         store.size_mb = sum(p.stat().st_size for p in tmp.glob("bot.sqlite3*")) / 2**20
         print(
             f"loaded in {store.load_seconds:.0f} s; database {store.size_mb:,.0f} MB", flush=True
         )
         out = asyncio.run(measure(store, args, tmp))
+        costs = asyncio.run(tick_costs(db))
     first, again, late = out["first start"], out["restart after kill -9"], out["lateness"]
-    print(f"\n{args.runs:,} pending follow-ups + {args.outbox:,} queued sends")
+    indexes = " (with the proposed indexes)" if args.add_indexes else ""
+    print(f"\n{args.runs:,} pending follow-ups + {args.outbox:,} queued sends{indexes}")
+    print(f"load average during the run: {out['load']} (2 cores, shared machine)")
     print(f"resident memory, max VmRSS  {verdict(out['rss_max'], TARGET_RSS_MB, 'MB')}")
     print(f"resident memory, VmHWM      {verdict(out['rss_hwm'], TARGET_RSS_MB, 'MB')}")
     for name, s in (("first start", first), ("restart after kill -9", again)):
@@ -395,9 +493,13 @@ def main() -> int:
                 f" p99 {verdict(q['p99'], TARGET_P99_S, 's')}"
             )
     print(f"sends refused by the simulator: {out['refused']}")
+    print("where a dispatcher tick's time goes (each store call alone, median of 3):")
+    for name, ms in costs.items():
+        print(f"  {ms:10.1f} ms  {name}")
     summary = {
         "runs": args.runs,
         "outbox": args.outbox,
+        "indexes": args.add_indexes,
         "load_s": round(store.load_seconds, 1),
         "db_mb": round(store.size_mb),
         "rss_max_mb": round(out["rss_max"], 1),
@@ -410,6 +512,8 @@ def main() -> int:
         "sent_p99_s": late["sent_late"].get("p99"),
         "sent": late["sent"],
         "due": late["due"],
+        "tick_ms": {k: round(v, 1) for k, v in costs.items()},
+        "load": out["load"],
     }
     print(json.dumps(summary))
     return 0

@@ -21,13 +21,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import aiohttp
 import yaml
 from aiohttp import web
 
-from bot.clock import SystemClock, VirtualClock, from_ms
+from bot.clock import SystemClock, VirtualClock, from_ms, to_ms
 from bot.config import Config, config_from_mapping
 from bot.errors import ConfigError
 from bot.events import OptInKind, Platform
@@ -50,6 +50,9 @@ from bot.simulator import Delivered, LogEntry, Simulator, SimulatorError, create
 from bot.simulator.payloads import encode, sign
 from bot.store.conversations import load_state, save_state
 from bot.store.outbox import Outcome, SendKind, enqueue, log_send
+
+if TYPE_CHECKING:
+    from bot.app import Runtime
 
 __all__ = [
     "Action",
@@ -409,6 +412,8 @@ def _folder(doc: _Doc, data: dict[str, Any], key: str, base: Path) -> Path:
     """Written folders are relative to the scenario file; unwritten ones are ./flows, as for
     `bot check`."""
     if key not in data:
+        if not Path(key).is_dir():
+            raise doc.error((), f"no ./{key} folder here: write `{key}:` in the scenario")
         return Path(key)
     value = data[key]
     if not isinstance(value, str) or not value:
@@ -581,8 +586,7 @@ class ExpectationResult:
     def describe(self) -> str:
         e = self.expectation
         want = "at least 1" if e.count is None else str(e.count)
-        verdict = "held" if self.held else "FAILED"
-        return f"line {e.line}: {e.kind} {e.source}: {verdict} (wanted {want}, found {self.found})"
+        return f"line {e.line}: {e.kind} {e.source}: wanted {want}, found {self.found}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -724,7 +728,7 @@ def format_report(report: Report, *, summary_only: bool = False) -> str:
     bases = ", ".join(f"{k} {v}" for k, v in sorted(sm["sent_by_basis"].items()))
     held = f"; expectations {sm['expectations_held']}/{sm['expectations']} held"
     out.append(
-        f"{sm['actions']} user actions, {sm['sent']} sent ({bases or 'none'}), "
+        f"{sm['actions']} actions, {sm['sent']} sent ({bases or 'none'}), "
         f"{sm['dropped']} dropped, {sm['refused_by_meta']} refused by Meta"
         f"{held if report.expectations else ''}; "
         f"{sm['virtual_days']} virtual days in {sm['wall_seconds']:.2f} s"
@@ -797,9 +801,13 @@ class _World:
 
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    try:
+        await runner.setup()  # the bot's app checks its flows here
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()  # close what started (the database), or the process hangs
+        raise
     port = runner.addresses[0][1]
     return runner, f"http://127.0.0.1:{port}"
 
@@ -811,10 +819,17 @@ def _labels(accounts: Sequence[ScenarioAccount]) -> dict[str, str]:
 
 
 class _Runner:
-    def __init__(self, scenario: Scenario, world: _World, rt: Any) -> None:
+    """Plays the scenario against the running bot and collects what happened."""
+
+    def __init__(self, scenario: Scenario, world: _World, rt: Runtime) -> None:
+        assert rt.db and rt.worker and rt.dispatcher and rt.sender, "the app's workers run"
         self.s = scenario
         self.w = world
-        self.rt = rt
+        self.profile = rt.profile
+        self.db = rt.db
+        self.worker = rt.worker
+        self.dispatcher = rt.dispatcher
+        self.sender = rt.sender
         self.names: dict[str, str] = {}  # user id -> scenario name
         self.labels = _labels(scenario.accounts)
         self.platforms = {a.id: a.platform.value for a in scenario.accounts}
@@ -823,6 +838,7 @@ class _Runner:
         self._seq = 0
         self._held: list[dict[str, Any]] = []  # echoes, delivered with the next actions
         self._pending: list[dict[str, Any]] = []  # user actions played, not yet delivered
+        self._ticked: datetime | None = None  # when the dispatcher last ran
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -856,27 +872,30 @@ class _Runner:
             if target > clock.now():
                 clock.set(target)
             now = clock.now()
-            if self._pending and now >= deliver_from:
+            if self._pending and (now >= deliver_from or now >= end):
                 await self._deliver()
                 deliver_from = now + resolution
                 fresh = True
             if fresh:
-                wake = await self._earliest_due()
+                wake = await self._next_due(self._ticked)
                 fresh = False
             if wake is not None and wake <= now:
-                wake = await self.rt.dispatcher.tick()
+                wake = await self.dispatcher.tick()
+                self._ticked = now
                 await self._echoes()
             if now >= end and i >= len(actions):
                 await self._deliver(echoes=True)
                 return
             if wake is not None and wake <= now:
-                # Due again at this instant (a cap freed a slot): tick again, but a wake that
-                # stays in the past is stale work the bot can't clear: step past it.
+                # Due again at this instant (a cap freed a slot, more runs than one tick
+                # takes): tick again. A wake that stays in the past is stale work the bot
+                # does not clear: go on to the next time something else is due.
                 again += 1
                 if again < 3:
                     target = now
                     continue
-                wake = None
+                later = [self.sender.next_wake, await self._next_due(now, outbox=False)]
+                wake = min((t for t in later if t is not None and t > now), default=None)
             again = 0
             candidates = [end]
             if i < len(actions):
@@ -890,18 +909,22 @@ class _Runner:
                 candidates.append(sleeper)
             target = min(candidates)
 
-    async def _earliest_due(self) -> datetime | None:
-        """When the dispatcher next has work (queued sends, flow runs due), read in one query:
-        a tick makes about thirty SQLite round trips, so idle instants skip it."""
-        async with self.rt.db.reader.execute(
-            "SELECT min(due_at), min(deadline) FROM outbox WHERE state = 'pending'"
-            " UNION ALL SELECT min(due_at), NULL FROM flow_runs WHERE due_at IS NOT NULL"
-        ) as cur:
+    async def _next_due(self, ticked: datetime | None, *, outbox: bool = True) -> datetime | None:
+        """When the dispatcher next has work, in one query instead of a tick's thirty SQLite
+        round trips: a queued send, or a flow run due after the last tick (one due before it
+        was offered to that tick already)."""
+        after = -1 if ticked is None else to_ms(ticked)
+        sql = "SELECT min(due_at), NULL FROM flow_runs WHERE due_at >= ?"
+        if outbox:
+            sql += (
+                " UNION ALL SELECT min(due_at), min(deadline) FROM outbox WHERE state = 'pending'"
+            )
+        async with self.db.reader.execute(sql, (after,)) as cur:
             rows = await cur.fetchall()
         times = [t for row in rows for t in row if t is not None]
         return from_ms(min(times)) if times else None
 
-    # -- user actions: Meta's side, one batched webhook POST per instant ------------------
+    # -- user actions: Meta's side, delivered as signed, batched webhooks ------------------
 
     def _uid(self, name: str) -> str:
         uid = self.w.sim.user_id(name)
@@ -928,7 +951,7 @@ class _Runner:
         payloads = self._held + self._pending
         self._held, self._pending = [], []
         await self._post(payloads)
-        await self.rt.worker.drain()
+        await self.worker.drain()
 
     async def _player_call(self, a: Action) -> Delivered | None:
         p = self.w.sim.player
@@ -1063,7 +1086,7 @@ class _Runner:
         account = self.w.config.account(a.account.id)
         assert account is not None
         now = self.w.clock.now()
-        db = self.rt.db
+        db = self.db
         async with db.transaction() as conn:
             state = await load_state(conn, account.id, uid, account.platform)
             if a.name in ("handoff", "release"):
@@ -1071,7 +1094,7 @@ class _Runner:
                 await save_state(conn, account.id, uid, new, now)
                 return
             intent = self._intent(a)
-            decision = decide(state, intent, now, self.rt.profile)
+            decision = decide(state, intent, now, self.profile)
             source = f"scenario/{a.name}"
             if isinstance(decision, Refused):
                 # As the engine does for a flow's send the policy refuses when queued.
@@ -1116,7 +1139,7 @@ class _Runner:
 
     async def collect(self, notes: bool) -> list[TimelineLine]:
         """The timeline: actions as played, the bot's send log and notes, Meta's refusals."""
-        reader = self.rt.db.reader
+        reader = self.db.reader
         async with reader.execute(
             "SELECT id, at, account_id, user_id, flow_id, note FROM flow_notes ORDER BY id"
         ) as cur:

@@ -272,7 +272,7 @@ class Load:
 @dataclass
 class Kill:
     at: float  # seconds into the run
-    sending: list[int]  # outbox rows left 'sending' (in flight, or leased and not yet tried)
+    sending: list[int]  # outbox rows left 'sending' (their Graph call had started)
     inbox_new: int  # acknowledged deliveries not yet processed at the kill
     unknown: int = 0  # rows the restart then settled `unknown` (in_flight_at_restart)
 

@@ -247,7 +247,8 @@ def test_an_expectation_that_does_not_hold_fails_the_run(
     code = main(["simulate", "--summary", str(path)])
     out = capsys.readouterr().out
     assert code == 1
-    assert "EXPECTATION FAILED line 9: sent" in out
+    failed = 'line 9: sent {"to": "alice", "basis": "standard_window"}: wanted at least 1, found 0'
+    assert f"EXPECTATION FAILED {failed}" in out
     assert "expectations 1/2 held" in out
 
 
