@@ -20,7 +20,7 @@ from bot.clock import Clock, to_ms
 from bot.delivery import MalformedDelivery, ParsedDelivery, contact_order, parse_delivery
 from bot.events import Event, Unknown
 from bot.metrics import Metrics
-from bot.store.db import Database
+from bot.store.db import Database, fetch_all
 from bot.store.inbox import InboxRow, claim_new, mark_processed
 
 __all__ = ["EventSink", "InboxWorker"]
@@ -47,6 +47,7 @@ class InboxWorker:
         batch: int = 32,
         poll_seconds: float = 1.0,
         busy_share: float = 0.25,
+        busy_hold: float = 0.004,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -58,7 +59,9 @@ class InboxWorker:
         self._stopping = False
         self._ingest_busy = ingest_busy
         self._busy_share = busy_share
+        self._busy_hold = busy_hold
         self._on_commit = on_commit
+        self._size = batch  # deliveries per transaction now; smaller while webhooks pour in
 
     def stop(self) -> None:
         """Finish the batch under way, then return from `run` (never cancel mid-batch)."""
@@ -68,13 +71,19 @@ class InboxWorker:
     async def run(self) -> None:
         while not self._stopping:
             started = self._clock.monotonic()
-            if await self.process_once():
+            if n := await self.process_once(self._size):
+                spent = self._clock.monotonic() - started
                 if self._ingest_busy():
-                    # Acks come first (Meta wants a 200 within 5 s, and an ack is what makes
-                    # a delivery safe): while webhooks pour in, take at most `busy_share` of
-                    # the loop and catch up when they ease. bench/ingest.py measures both.
-                    spent = self._clock.monotonic() - started
+                    # Acks come first (Meta wants a 200 within seconds, and an ack is what
+                    # makes a delivery safe). A webhook waits for the store while a batch
+                    # holds it, so batches shrink until one holds it about `busy_hold`, and
+                    # the worker takes at most `busy_share` of the loop, catching up when
+                    # webhooks ease. bench/ingest.py measures both sides.
+                    per = spent / n
+                    self._size = max(1, min(self._batch, int(self._busy_hold / per) or 1))
                     await asyncio.sleep(spent * (1 - self._busy_share) / self._busy_share)
+                else:
+                    self._size = self._batch
                 continue
             self._wake.clear()
             if self._stopping:
@@ -91,8 +100,8 @@ class InboxWorker:
             total += n
         return total
 
-    async def process_once(self) -> int:
-        rows = await claim_new(self._db, self._batch)
+    async def process_once(self, limit: int | None = None) -> int:
+        rows = await claim_new(self._db, limit or self._batch)
         if not rows:
             return 0
         parsed = [(row, _parse(row)) for row in rows]
@@ -165,12 +174,12 @@ async def _first_seen(
     for i in range(0, len(keys), 400):
         chunk = keys[i : i + 400]
         values = ",".join("(?, ?)" for _ in chunk)
-        async with conn.execute(
+        for account_id, key in await fetch_all(
+            conn,
             f"SELECT account_id, key FROM events WHERE (account_id, key) IN (VALUES {values})",
             [x for k in chunk for x in k],
-        ) as cur:
-            for account_id, key in await cur.fetchall():
-                new.pop((account_id, key), None)
+        ):
+            new.pop((account_id, key), None)
     await conn.executemany(
         "INSERT INTO events (account_id, key, user_id, kind, at, inbox_id)"
         " VALUES (?, ?, ?, ?, ?, ?)",

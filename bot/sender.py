@@ -37,7 +37,7 @@ from bot.store.conversations import (
     mark_comment_replied,
     save_state,
 )
-from bot.store.db import Database
+from bot.store.db import Database, fetch_one
 from bot.store.outbox import (
     OutboxItem,
     Outcome,
@@ -436,11 +436,11 @@ class Sender:
 
     async def _paused(self, account_id: str, now: datetime) -> tuple[bool, datetime | None]:
         """Whether the account is paused, and until when (None: until an operator resumes)."""
-        async with self._db.reader.execute(
+        row = await fetch_one(
+            self._db.reader,
             "SELECT paused_reason, paused_until FROM account_state WHERE account_id = ?",
             (account_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None or row[0] is None:
             return False, None
         if row[1] is None:

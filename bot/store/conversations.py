@@ -17,6 +17,7 @@ import aiosqlite
 from bot.clock import from_ms, to_ms
 from bot.events import Comment, Platform
 from bot.policy import CommentBasis, ConversationState, from_dict, to_dict
+from bot.store.db import fetch_all, fetch_one
 
 __all__ = [
     "ContactKey",
@@ -60,13 +61,13 @@ async def load_states(
     out = {k: ConversationState(platform=platforms[k[0]]) for k in keys}
     for chunk in _chunks(list(out), 400):
         values = ",".join("(?, ?)" for _ in chunk)
-        async with conn.execute(
+        for account_id, user_id, state in await fetch_all(
+            conn,
             f"SELECT account_id, user_id, state FROM conversations"
             f" WHERE (account_id, user_id) IN (VALUES {values})",
             [x for k in chunk for x in k],
-        ) as cur:
-            for account_id, user_id, state in await cur.fetchall():
-                out[(account_id, user_id)] = from_dict(json.loads(state))
+        ):
+            out[(account_id, user_id)] = from_dict(json.loads(state))
     return out
 
 
@@ -173,12 +174,12 @@ async def load_comment(
     conn: aiosqlite.Connection, account_id: str, comment_id: str
 ) -> CommentBasis | None:
     """The private-reply basis of a comment as the comments table knows it."""
-    async with conn.execute(
+    r = await fetch_one(
+        conn,
         "SELECT created_at, live, private_reply_at FROM comments"
         " WHERE account_id = ? AND comment_id = ?",
         (account_id, comment_id),
-    ) as cur:
-        r = await cur.fetchone()
+    )
     if r is None:
         return None
     return CommentBasis(

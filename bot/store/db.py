@@ -12,18 +12,38 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
 from bot.errors import StoreUnavailable
 from bot.store.migrations import MIGRATIONS
 
-__all__ = ["Database"]
+__all__ = ["Database", "fetch_all", "fetch_one"]
 
 log = logging.getLogger(__name__)
+
+
+async def fetch_all(
+    conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()
+) -> list[sqlite3.Row]:
+    """Rows of a query in one hop to the connection's thread.
+
+    `async with conn.execute(...) as cur` costs three (execute, fetch, close), and each hop
+    costs about 0.2 ms here: a flow start went from 14.6 hops to 8 (bench/ingest.py).
+    """
+    return list(await conn.execute_fetchall(sql, params))
+
+
+async def fetch_one(
+    conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()
+) -> sqlite3.Row | None:
+    """The first row of a query that returns at most a few, in one hop."""
+    rows = await conn.execute_fetchall(sql, params)
+    return next(iter(rows), None)
 
 
 class Database:

@@ -12,6 +12,7 @@ import aiosqlite
 from bot.clock import from_ms, to_ms
 from bot.events import Platform
 from bot.flows.run import ContactView, GuardHistory, RunState
+from bot.store.db import fetch_all, fetch_one
 
 __all__ = [
     "add_notes",
@@ -30,11 +31,14 @@ __all__ = [
 async def load_runs(
     conn: aiosqlite.Connection, account_id: str, user_id: str
 ) -> dict[str, RunState]:
-    async with conn.execute(
-        "SELECT flow_id, run FROM flow_runs WHERE account_id = ? AND user_id = ?",
-        (account_id, user_id),
-    ) as cur:
-        return {r[0]: RunState.from_dict(json.loads(r[1])) for r in await cur.fetchall()}
+    return {
+        r[0]: RunState.from_dict(json.loads(r[1]))
+        for r in await fetch_all(
+            conn,
+            "SELECT flow_id, run FROM flow_runs WHERE account_id = ? AND user_id = ?",
+            (account_id, user_id),
+        )
+    }
 
 
 async def save_run(
@@ -68,17 +72,19 @@ async def delete_run(
 async def due_runs(
     conn: aiosqlite.Connection, now: datetime, limit: int = 200
 ) -> list[tuple[str, str, RunState]]:
-    async with conn.execute(
-        "SELECT account_id, user_id, run FROM flow_runs WHERE due_at IS NOT NULL"
-        " AND due_at <= ? ORDER BY due_at LIMIT ?",
-        (to_ms(now), limit),
-    ) as cur:
-        return [(r[0], r[1], RunState.from_dict(json.loads(r[2]))) for r in await cur.fetchall()]
+    return [
+        (r[0], r[1], RunState.from_dict(json.loads(r[2])))
+        for r in await fetch_all(
+            conn,
+            "SELECT account_id, user_id, run FROM flow_runs WHERE due_at IS NOT NULL"
+            " AND due_at <= ? ORDER BY due_at LIMIT ?",
+            (to_ms(now), limit),
+        )
+    ]
 
 
 async def next_run_due(conn: aiosqlite.Connection) -> datetime | None:
-    async with conn.execute("SELECT min(due_at) FROM flow_runs WHERE due_at IS NOT NULL") as cur:
-        row = await cur.fetchone()
+    row = await fetch_one(conn, "SELECT min(due_at) FROM flow_runs WHERE due_at IS NOT NULL")
     return None if row is None or row[0] is None else from_ms(row[0])
 
 
@@ -104,20 +110,17 @@ async def guard_history(
     now: datetime,
     comment_id: str | None,
 ) -> GuardHistory:
-    async with conn.execute(
-        "SELECT flow_id, max(at), sum(at > ?) FROM flow_starts"
+    # One query: the comment check rides on the user's starts (a comment has one author),
+    # which flow_starts_user indexes; a lookup by comment id alone would scan the table.
+    rows = await fetch_all(
+        conn,
+        "SELECT flow_id, max(at), sum(at > ?), coalesce(max(comment_id = ?), 0) FROM flow_starts"
         " WHERE account_id = ? AND user_id = ? GROUP BY flow_id",
-        (to_ms(now - timedelta(hours=24)), account_id, user_id),
-    ) as cur:
-        rows = await cur.fetchall()
+        (to_ms(now - timedelta(hours=24)), comment_id, account_id, user_id),
+    )
     handled: frozenset[str] = frozenset()
-    if comment_id is not None:
-        async with conn.execute(
-            "SELECT 1 FROM flow_starts WHERE account_id = ? AND comment_id = ? LIMIT 1",
-            (account_id, comment_id),
-        ) as cur:
-            if await cur.fetchone():
-                handled = frozenset({comment_id})
+    if comment_id is not None and any(r[3] for r in rows):
+        handled = frozenset({comment_id})
     return GuardHistory(
         last_started={r[0]: from_ms(r[1]) for r in rows},
         starts_today={r[0]: int(r[2] or 0) for r in rows},
@@ -137,11 +140,11 @@ async def contact_view(
         return ContactView(
             user_id=None, platform=platform, account_id=account_id, account_name=account_name
         )
-    async with conn.execute(
+    row = await fetch_one(
+        conn,
         "SELECT username, name, tags, fields FROM contacts WHERE account_id = ? AND user_id = ?",
         (account_id, user_id),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     username, name, tags, fields = row if row else (None, None, "[]", "{}")
     return ContactView(
         user_id=user_id,
@@ -165,11 +168,11 @@ async def update_contact(
     remove_tags: Iterable[str] = (),
     fields: Mapping[str, Any] | None = None,
 ) -> None:
-    async with conn.execute(
+    row = await fetch_one(
+        conn,
         "SELECT tags, fields FROM contacts WHERE account_id = ? AND user_id = ?",
         (account_id, user_id),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     if row is None:
         return
     tags = (set(json.loads(row[0])) | set(add_tags)) - set(remove_tags)

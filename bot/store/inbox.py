@@ -17,7 +17,7 @@ import aiosqlite
 
 from bot.clock import Clock, to_ms
 from bot.errors import StoreUnavailable
-from bot.store.db import Database
+from bot.store.db import Database, fetch_all
 
 __all__ = ["InboxRow", "InboxWriter", "claim_new", "mark_processed", "inbox_counts"]
 
@@ -36,6 +36,7 @@ class InboxWriter:
         # Set after each commit, so the inbox worker starts at once instead of polling.
         self.committed = asyncio.Event()
         self._last_append = float("-inf")
+        self._committing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="inbox-writer")
@@ -51,7 +52,14 @@ class InboxWriter:
         await fut
 
     def busy(self, within: float = 0.05) -> bool:
-        """Whether webhooks arrived in the last `within` seconds (the worker yields to them)."""
+        """Whether webhooks are waiting to be stored or arrived in the last `within` seconds.
+
+        The worker yields to them. Waiting appends count: while a long worker transaction
+        holds the store, no new request arrives (every connection waits for its ack), so
+        the time of the last arrival alone would say "quiet" exactly when it is not.
+        """
+        if self._pending or self._committing:
+            return True
         return self._clock.monotonic() - self._last_append < within
 
     async def close(self) -> None:
@@ -68,7 +76,11 @@ class InboxWriter:
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: len(batch)]
-                await self._commit(batch)
+                self._committing = True
+                try:
+                    await self._commit(batch)
+                finally:
+                    self._committing = False
             if self._closing and not self._pending:
                 return
 
@@ -101,11 +113,11 @@ class InboxRow:
 
 async def claim_new(db: Database, limit: int) -> list[InboxRow]:
     """The oldest unprocessed deliveries. Only the single inbox worker calls this."""
-    async with db.reader.execute(
+    rows = await fetch_all(
+        db.reader,
         "SELECT id, received_at, body FROM inbox WHERE state = 'new' ORDER BY id LIMIT ?",
         (limit,),
-    ) as cur:
-        rows = await cur.fetchall()
+    )
     return [InboxRow(int(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
 
@@ -120,8 +132,7 @@ async def mark_processed(
 
 
 async def inbox_counts(db: Database) -> dict[str, int]:
-    async with db.reader.execute("SELECT state, count(*) FROM inbox GROUP BY state") as cur:
-        rows = await cur.fetchall()
+    rows = await fetch_all(db.reader, "SELECT state, count(*) FROM inbox GROUP BY state")
     counts = {"new": 0, "done": 0, "bad": 0}
     counts.update({str(r[0]): int(r[1]) for r in rows})
     return counts

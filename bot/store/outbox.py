@@ -18,6 +18,7 @@ import aiosqlite
 from bot.clock import from_ms, to_ms
 from bot.events import OptInKind
 from bot.policy import Author, Content, Intent
+from bot.store.db import fetch_all, fetch_one
 
 __all__ = [
     "OutboxItem",
@@ -203,13 +204,16 @@ async def claim_due(
     if limit <= 0:
         return []
     kind_test = "kind = 'private_reply'" if private_replies else "kind != 'private_reply'"
-    async with conn.execute(
-        f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND account_id = ?"
-        f" AND due_at <= ? AND {kind_test} AND (lease_until IS NULL OR lease_until <= ?)"
-        f" ORDER BY {_ORDER_BY[order]} LIMIT ?",
-        (account_id, to_ms(now), to_ms(now), limit),
-    ) as cur:
-        items = [_item(r) for r in await cur.fetchall()]
+    items = [
+        _item(r)
+        for r in await fetch_all(
+            conn,
+            f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND account_id = ?"
+            f" AND due_at <= ? AND {kind_test} AND (lease_until IS NULL OR lease_until <= ?)"
+            f" ORDER BY {_ORDER_BY[order]} LIMIT ?",
+            (account_id, to_ms(now), to_ms(now), limit),
+        )
+    ]
     await conn.executemany(
         "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id = ?",
         [(owner, to_ms(lease_until), i.id) for i in items],
@@ -302,12 +306,12 @@ async def sends_since(
     kind_test = (
         "kind = 'private_reply'" if private_replies else "kind IN ('message', 'optin_request')"
     )
-    async with conn.execute(
+    row = await fetch_one(
+        conn,
         "SELECT count(*), min(at) FROM send_log WHERE account_id = ? AND at > ?"
         f" AND outcome IN ('sent', 'unknown') AND {kind_test}",
         (account_id, to_ms(since)),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     assert row is not None
     return int(row[0]), None if row[1] is None else from_ms(row[1])
 
@@ -330,19 +334,21 @@ async def reconcile_echo(
     """
     if not text:
         return None
-    async with conn.execute(
+    if await fetch_one(
+        conn,
         "SELECT 1 FROM send_log WHERE account_id = ? AND message_id = ? LIMIT 1",
         (account_id, mid),
-    ) as cur:
-        if await cur.fetchone():
-            return None
-    async with conn.execute(
-        "SELECT id, kind, comment_id, body FROM outbox WHERE account_id = ? AND user_id = ?"
-        " AND created_at <= ? AND (state = 'unknown' OR (state = 'pending' AND attempts > 0))"
-        " ORDER BY id",
-        (account_id, user_id, to_ms(at)),
-    ) as cur:
-        rows = list(await cur.fetchall())
+    ):
+        return None
+    rows = list(
+        await fetch_all(
+            conn,
+            "SELECT id, kind, comment_id, body FROM outbox WHERE account_id = ? AND user_id = ?"
+            " AND created_at <= ? AND (state = 'unknown' OR (state = 'pending' AND attempts > 0))"
+            " ORDER BY id",
+            (account_id, user_id, to_ms(at)),
+        )
+    )
     for item_id, kind, comment_id, body in rows:
         if json.loads(body).get("text") != text:
             continue
@@ -374,19 +380,24 @@ async def reconcile_echo(
 
 async def in_flight(conn: aiosqlite.Connection) -> list[OutboxItem]:
     """Rows whose Graph call had left when the daemon stopped."""
-    async with conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE state = 'sending'") as cur:
-        return [_item(r) for r in await cur.fetchall()]
+    return [
+        _item(r)
+        for r in await fetch_all(conn, f"SELECT {_COLUMNS} FROM outbox WHERE state = 'sending'")
+    ]
 
 
 async def pending_past_deadline(
     conn: aiosqlite.Connection, now: datetime, limit: int = 500
 ) -> list[OutboxItem]:
-    async with conn.execute(
-        f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND deadline IS NOT NULL"
-        " AND deadline <= ? ORDER BY deadline LIMIT ?",
-        (to_ms(now), limit),
-    ) as cur:
-        return [_item(r) for r in await cur.fetchall()]
+    return [
+        _item(r)
+        for r in await fetch_all(
+            conn,
+            f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND deadline IS NOT NULL"
+            " AND deadline <= ? ORDER BY deadline LIMIT ?",
+            (to_ms(now), limit),
+        )
+    ]
 
 
 async def next_due_at(
@@ -394,10 +405,10 @@ async def next_due_at(
 ) -> datetime | None:
     """When the account's next queued row in that cap class falls due (after `after`)."""
     kind_test = "kind = 'private_reply'" if private_replies else "kind != 'private_reply'"
-    async with conn.execute(
+    row = await fetch_one(
+        conn,
         "SELECT min(due_at) FROM outbox WHERE state = 'pending' AND account_id = ?"
         f" AND due_at > ? AND {kind_test}",
         (account_id, to_ms(after)),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     return None if row is None or row[0] is None else from_ms(row[0])
