@@ -30,7 +30,7 @@ from bot.policy import PolicyProfile, load_profile
 from bot.scheduler import ClockWakeup, SchedulerWakeup, Wakeup
 from bot.sender import Sender
 from bot.store.db import Database
-from bot.store.inbox import InboxWriter, inbox_counts
+from bot.store.inbox import InboxWriter, adopt_legacy_inbox, inbox_counts, open_inbox
 from bot.webhook import INBOX, METRICS, WEBHOOK, WebhookSettings, add_routes
 
 __all__ = ["Runtime", "RUNTIME", "create_app"]
@@ -47,6 +47,7 @@ class Runtime:
     profile: PolicyProfile
     metrics: Metrics
     db: Database | None = None
+    inbox_db: Database | None = None
     inbox: InboxWriter | None = None
     worker: InboxWorker | None = None
     engine: Engine | None = None
@@ -86,7 +87,13 @@ def create_app(
 
     async def store(app: web.Application) -> AsyncIterator[None]:
         rt.db = await Database.open(config.database.path, config.database.synchronous)
-        rt.inbox = InboxWriter(rt.db, clock)
+        try:
+            rt.inbox_db = await open_inbox(config.database.path, config.database.synchronous)
+            await adopt_legacy_inbox(rt.db, rt.inbox_db)
+        except BaseException:
+            await rt.db.close()
+            raise
+        rt.inbox = InboxWriter(rt.inbox_db, clock)
         rt.inbox.start()
         app[INBOX] = rt.inbox
         log.info(
@@ -94,6 +101,7 @@ def create_app(
         )
         yield
         await rt.inbox.close()
+        await rt.inbox_db.close()
         await rt.db.close()
 
     async def http(app: web.Application) -> AsyncIterator[None]:
@@ -102,12 +110,13 @@ def create_app(
             yield
 
     async def workers(app: web.Application) -> AsyncIterator[None]:
-        assert rt.db is not None and rt.inbox is not None and rt.graph is not None
+        assert rt.db and rt.inbox_db and rt.inbox and rt.graph
         aps = SchedulerWakeup(clock) if isinstance(clock, SystemClock) else None
         rt.wakeup = aps or ClockWakeup(clock)
         rt.engine = Engine(rt.db, clock, profile, metrics, config, load_flows(config, profile))
         rt.worker = InboxWorker(
             rt.db,
+            rt.inbox_db,
             clock,
             rt.engine,
             metrics,
@@ -229,9 +238,9 @@ def _spawn(rt: Runtime, coro: object, name: str) -> None:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
-    if rt.db is None:
+    if rt.inbox_db is None:
         return web.json_response({"status": "starting"}, status=503)
-    counts = await inbox_counts(rt.db)
+    counts = await inbox_counts(rt.inbox_db)
     status = 200 if not rt.dead else 503
     return web.json_response(
         {"status": "ok" if status == 200 else "degraded", "inbox": counts, "dead_tasks": rt.dead},

@@ -1,9 +1,10 @@
 """Turns stored deliveries into events for the engine, exactly once each.
 
-Per batch, one transaction: events are de-duplicated against every event ever seen, handed to
-the engine in per-contact timestamp order, and the deliveries are marked processed. A crash
-anywhere inside rolls all of it back, so the batch is simply done again after a restart.
-A delivery that can't be processed is kept as `bad` with the reason, never dropped.
+Per batch, one transaction: events are de-duplicated against every event ever seen and handed
+to the engine in per-contact timestamp order. A crash anywhere inside rolls all of it back, so
+the batch is simply done again after a restart. The deliveries are then marked processed in the
+inbox file (bot/store/inbox.py says why that needs no shared transaction). A delivery that
+can't be processed is kept as `bad` with the reason, never dropped.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class InboxWorker:
     def __init__(
         self,
         db: Database,
+        inbox: Database,
         clock: Clock,
         sink: EventSink,
         metrics: Metrics,
@@ -50,6 +52,7 @@ class InboxWorker:
         busy_hold: float = 0.004,
     ) -> None:
         self._db = db
+        self._inbox = inbox
         self._clock = clock
         self._sink = sink
         self._metrics = metrics
@@ -101,7 +104,7 @@ class InboxWorker:
         return total
 
     async def process_once(self, limit: int | None = None) -> int:
-        rows = await claim_new(self._db, limit or self._batch)
+        rows = await claim_new(self._inbox, limit or self._batch)
         if not rows:
             return 0
         parsed = [(row, _parse(row)) for row in rows]
@@ -147,13 +150,14 @@ class InboxWorker:
             )
             if fresh:
                 await self._sink.handle(conn, contact_order(ev for _, ev in fresh))
-            await mark_processed(conn, results, at_ms=now_ms)
+        # After the commit, in the inbox file: a crash in between only means reading these
+        # deliveries again, and every event of them is then a duplicate.
+        await mark_processed(self._inbox, results, at_ms=now_ms)
         self._on_commit()
 
     async def _quarantine(self, row: InboxRow, reason: str) -> None:
         self._metrics.inc("deliveries_bad", help="signed deliveries that didn't parse")
-        async with self._db.transaction() as conn:
-            await mark_processed(conn, [(row.id, 0, reason)], at_ms=to_ms(self._clock.now()))
+        await mark_processed(self._inbox, [(row.id, 0, reason)], at_ms=to_ms(self._clock.now()))
 
 
 def _parse(row: InboxRow) -> ParsedDelivery | str:

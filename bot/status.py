@@ -10,7 +10,7 @@ from bot.clock import Clock, SystemClock, from_ms, to_ms
 from bot.config import Config
 from bot.policy import PolicyProfile
 from bot.store.db import Database
-from bot.store.inbox import inbox_counts
+from bot.store.inbox import inbox_counts, open_inbox
 
 __all__ = ["collect_status", "print_status"]
 
@@ -51,13 +51,20 @@ async def _projection(
 
 
 async def collect_status(
-    config: Config, db: Database, clock: Clock, profile: PolicyProfile | None = None
+    config: Config,
+    db: Database,
+    clock: Clock,
+    profile: PolicyProfile | None = None,
+    inbox: Database | None = None,
 ) -> dict[str, Any]:
+    """`inbox`: the inbox file's database; without it, the inbox line is left out."""
     profile = profile or PolicyProfile()
     now = clock.now()
     hour_ago = to_ms(now - timedelta(hours=1))
     window_open_since = to_ms(now - timedelta(hours=24))
-    out: dict[str, Any] = {"now": now.isoformat(), "inbox": await inbox_counts(db), "accounts": []}
+    out: dict[str, Any] = {"now": now.isoformat(), "accounts": []}
+    if inbox is not None:
+        out["inbox"] = await inbox_counts(inbox)
     for account in config.accounts:
         one: dict[str, Any] = {
             "id": account.id,
@@ -120,7 +127,11 @@ async def print_status(config: Config, *, as_json: bool, clock: Clock | None = N
     profile = load_profile(config.policy_profile) if config.policy_profile else PolicyProfile()
     db = await Database.open(config.database.path, config.database.synchronous)
     try:
-        status = await collect_status(config, db, clock or SystemClock(), profile)
+        inbox = await open_inbox(config.database.path, config.database.synchronous)
+        try:
+            status = await collect_status(config, db, clock or SystemClock(), profile, inbox)
+        finally:
+            await inbox.close()
     finally:
         await db.close()
     if as_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,8 @@ class Stack:
                 return
 
     async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        db = self.rt.db
+        """Rows from the main file, or from the inbox file for queries on the inbox table."""
+        db = self.rt.inbox_db if re.search(r"\bFROM inbox\b", sql) else self.rt.db
         assert db is not None
         async with db.reader.execute(sql, args) as cur:
             return [tuple(r) for r in await cur.fetchall()]

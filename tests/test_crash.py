@@ -316,6 +316,7 @@ async def crash_run(
     port = _free_port()  # fixed across restarts, as behind a reverse proxy
     daemon = Daemon(_write_config(tmp, port, graph_url), tmp / "daemon.log")
     db = tmp / "bot.sqlite3"
+    inbox_db = tmp / "bot.inbox.sqlite3"  # the inbox's own file (bot/store/inbox.py)
     load = Load(sim, seed, rate)
     stop_load = asyncio.Event()
     record: list[Kill] = []
@@ -334,7 +335,9 @@ async def crash_run(
                     sending=[
                         r[0] for r in query(db, "SELECT id FROM outbox WHERE state = 'sending'")
                     ],
-                    inbox_new=query(db, "SELECT count(*) FROM inbox WHERE state = 'new'")[0][0],
+                    inbox_new=query(inbox_db, "SELECT count(*) FROM inbox WHERE state = 'new'")[0][
+                        0
+                    ],
                 )
             )
             await asyncio.sleep(rng.uniform(*down))  # webhooks fail meanwhile; Meta retries
@@ -353,7 +356,8 @@ async def crash_run(
                 break
             await asyncio.sleep(0.1)
         processed = await poll(
-            lambda: query(db, "SELECT count(*) FROM inbox WHERE state = 'new'")[0][0] == 0, 20.0
+            lambda: query(inbox_db, "SELECT count(*) FROM inbox WHERE state = 'new'")[0][0] == 0,
+            20.0,
         )
         assert processed, f"the inbox did not drain:\n{daemon.tail()}"
         rc = await daemon.stop()
@@ -386,10 +390,11 @@ def _canonical(message: Any) -> str:
 def check_guarantees(run: Run) -> tuple[list[str], dict[str, Any]]:
     """Every broken promise, as a sentence; and the figures, for the report."""
     db, sim, load = run.db, run.sim, run.load
+    inbox_db = db.with_name("bot.inbox.sqlite3")
     problems: list[str] = []
 
     # 1. Every acknowledged webhook is processed.
-    states = dict(query(db, "SELECT state, count(*) FROM inbox GROUP BY state"))
+    states = dict(query(inbox_db, "SELECT state, count(*) FROM inbox GROUP BY state"))
     if set(states) - {"done"}:
         problems.append(f"inbox rows not done after restart and shutdown: {states}")
     acked = {d.body for d in sim.deliveries if d.status == 200}

@@ -76,10 +76,11 @@ def test_the_daemon_stores_processes_and_stops_gracefully_without_printing_secre
         proc.communicate(timeout=30)
     stderr = (tmp_path / "daemon.log").read_text()
     assert proc.returncode == 0, stderr
-    with sqlite3.connect(tmp_path / "bot.sqlite3") as db:
-        assert db.execute("SELECT state, count(*) FROM inbox GROUP BY state").fetchall() == [
+    with sqlite3.connect(tmp_path / "bot.inbox.sqlite3") as inbox:
+        assert inbox.execute("SELECT state, count(*) FROM inbox GROUP BY state").fetchall() == [
             ("done", 21)
         ]
+    with sqlite3.connect(tmp_path / "bot.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM comments").fetchone() == (20,)
     assert SECRET not in stderr and TOKEN not in stderr
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]

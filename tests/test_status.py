@@ -30,7 +30,9 @@ async def test_status_projects_expiries_when_the_queue_outgrows_the_hourly_cap(
                 deadline=t0 + timedelta(hours=24),
                 now=stack.clock.now(),
             )
-    status = await collect_status(stack.rt.config, db, stack.clock, stack.rt.profile)
+    status = await collect_status(
+        stack.rt.config, db, stack.clock, stack.rt.profile, stack.rt.inbox_db
+    )
     ig = next(a for a in status["accounts"] if a["id"] == IG_ACCOUNT)
     dms = ig["dms"]
     # 200 go at once; then one every 18 s: the 34th and later miss the ten-minute deadline.

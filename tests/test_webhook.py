@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +30,9 @@ from tests.conftest import (
 
 
 async def rows(client: TestClient[Any, Any], sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    db = runtime(client).db
+    """Rows from the main file, or from the inbox file for queries on the inbox table."""
+    rt = runtime(client)
+    db = rt.inbox_db if re.search(r"\bFROM inbox\b", sql) else rt.db
     assert db is not None
     async with db.reader.execute(sql, args) as cur:
         return [tuple(r) for r in await cur.fetchall()]
@@ -162,7 +166,7 @@ async def test_body_over_the_limit_is_refused_with_413(
 async def test_store_that_cannot_write_answers_503_so_meta_retries(
     client: TestClient[Any, Any],
 ) -> None:
-    db = runtime(client).db
+    db = runtime(client).inbox_db
     assert db is not None
     async with db.transaction() as conn:
         await conn.execute(
@@ -218,6 +222,34 @@ async def test_a_batch_of_1000_changes_is_stored_and_processed_whole(
     assert await rows(client, "SELECT count(*) FROM comments") == [(1000,)]
     assert await rows(client, "SELECT count(*) FROM contacts") == [(50,)]
     assert await rows(client, "SELECT events, state FROM inbox") == [(1000, "done")]
+
+
+async def test_an_ack_never_waits_for_the_engine(client: TestClient[Any, Any]) -> None:
+    # The inbox is its own file: a webhook is stored and answered while the main file's
+    # only write lock is held (as by a long batch of flow starts).
+    db = runtime(client).db
+    assert db is not None
+    async with db.transaction():
+        status = await asyncio.wait_for(post_signed(client, ig_comment("c1", "PRICING")), 5)
+    assert status == 200
+    assert await rows(client, "SELECT state FROM inbox") == [("new",)]
+
+
+async def test_deliveries_read_again_after_a_crash_change_nothing(bot: Any) -> None:
+    # A crash after the worker's commit but before it marked the deliveries in the inbox
+    # file: they are read again, and every event in them is a duplicate.
+    assert await post_signed(bot.client, ig_comment("c1", "PRICING")) == 200
+    assert await post_signed(bot.client, ig_dm("m1", "menu")) == 200
+    await bot.rt.worker.drain()
+    before = await bot.rows("SELECT kind, state, body FROM outbox ORDER BY id")
+    assert {kind for kind, _, _ in before} >= {"private_reply", "message"}
+    async with bot.rt.inbox_db.transaction() as conn:
+        await conn.execute("UPDATE inbox SET state = 'new', events = NULL")
+    assert await bot.rt.worker.drain() == 2
+    assert await bot.rows("SELECT kind, state, body FROM outbox ORDER BY id") == before
+    assert await bot.rows("SELECT count(*) FROM events") == [(2,)]
+    assert await bot.rows("SELECT state, events FROM inbox") == [("done", 0), ("done", 0)]
+    assert bot.rt.metrics.get("events_duplicate") == 2
 
 
 async def test_out_of_order_deliveries_never_rewind_the_window(
@@ -352,3 +384,33 @@ async def test_deliveries_survive_a_restart_before_they_are_processed(
     second = await aiohttp_client(create_app(cfg, clock=clock, start_workers=False))
     assert await drain(second) == 1
     assert await rows(second, "SELECT comment_id FROM comments") == [("c1",)]
+
+
+async def test_deliveries_an_earlier_version_kept_in_the_main_file_are_moved_and_processed(
+    aiohttp_client: Any, tmp_path: Any, clock: VirtualClock
+) -> None:
+    import json as _json
+
+    from bot.app import create_app
+    from bot.store.db import Database
+    from tests.conftest import make_config
+
+    config = make_config(tmp_path)
+    old = await Database.open(config.database.path)
+    async with old.transaction() as conn:
+        await conn.executemany(
+            "INSERT INTO inbox (received_at, body, state) VALUES (?, ?, ?)",
+            [
+                (1772449200000, _json.dumps(ig_comment("c0", "hi")).encode(), "done"),
+                (1772449201000, _json.dumps(ig_comment("c1", "PRICING")).encode(), "new"),
+            ],
+        )
+    await old.close()
+    client = await aiohttp_client(create_app(config, clock=clock, start_workers=False))
+    assert await rows(client, "SELECT state FROM inbox ORDER BY id") == [("done",), ("new",)]
+    assert await drain(client) == 1
+    assert await rows(client, "SELECT comment_id FROM comments") == [("c1",)]
+    main = runtime(client).db
+    assert main is not None
+    async with main.reader.execute("SELECT count(*) FROM inbox") as cur:
+        assert await cur.fetchone() == (0,)

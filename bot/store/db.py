@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,9 @@ class Database:
         self._lock = asyncio.Lock()  # FIFO-fair: writers take turns in arrival order
 
     @classmethod
-    async def open(cls, path: Path, synchronous: str = "NORMAL") -> Database:
+    async def open(
+        cls, path: Path, synchronous: str = "NORMAL", migrations: Sequence[str] = MIGRATIONS
+    ) -> Database:
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -63,7 +65,7 @@ class Database:
             raise StoreUnavailable(f"cannot open the database {path}: {exc}") from exc
         try:
             await _configure(writer, synchronous)
-            await migrate(writer)
+            await migrate(writer, migrations)
             reader = await aiosqlite.connect(path, isolation_level=None)
             await _configure(reader, synchronous)
             await reader.execute("PRAGMA query_only = ON")
@@ -111,17 +113,17 @@ async def _configure(conn: aiosqlite.Connection, synchronous: str) -> None:
     await conn.execute("PRAGMA foreign_keys = ON")
 
 
-async def migrate(conn: aiosqlite.Connection) -> int:
+async def migrate(conn: aiosqlite.Connection, migrations: Sequence[str] = MIGRATIONS) -> int:
     """Apply every migration newer than the file's `user_version`, each in its own transaction."""
     async with conn.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
     version = int(row[0]) if row else 0
-    if version > len(MIGRATIONS):
+    if version > len(migrations):
         raise StoreUnavailable(
             f"the database is at schema version {version}, newer than this bot knows "
-            f"({len(MIGRATIONS)}): upgrade the bot"
+            f"({len(migrations)}): upgrade the bot"
         )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    for number, script in enumerate(migrations[version:], start=version + 1):
         await conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in _statements(script):
@@ -132,7 +134,7 @@ async def migrate(conn: aiosqlite.Connection) -> int:
             raise
         await conn.execute("COMMIT")
         log.info("database migrated to schema version %d", number)
-    return len(MIGRATIONS)
+    return len(migrations)
 
 
 def _statements(script: str) -> list[str]:
