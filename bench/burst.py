@@ -56,29 +56,12 @@ import bot.sender
 from bot.app import RUNTIME, create_app
 from bot.clock import VirtualClock, to_ms, utc
 from bot.config import config_from_mapping
-from bot.engine import Engine
-from bot.flows import runtime as flow_runtime
 from bot.policy import PolicyProfile
 from bot.simulator import Simulator, SimulatorRules, create_simulator_app
-from bot.store import flows as runs
 from bot.store import outbox
-from bot.store.conversations import load_states, save_states
 from bot.store.outbox import QueueOrder
 
 START = utc(2026, 11, 23, 12, 0, 0)
-# Indexes the bench adds to its own database (reported as missing; see docs/benchmarks.md).
-# With a virtual clock they change how long a run takes, never its figures. Without them a
-# 50,000-comment run takes hours: the "comment already handled" guard (bot/store/flows.py
-# `guard_history`) finds comments in flow_starts by a full scan, O(n^2) over the burst, and
-# every tick's `pending_past_deadline` scans every pending outbox row. `--as-is` omits them.
-BENCH_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS bench_flow_starts_comment ON flow_starts"
-    " (account_id, comment_id) WHERE comment_id IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS bench_outbox_deadline ON outbox (deadline)"
-    " WHERE state = 'pending' AND deadline IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS bench_outbox_pending_kind ON outbox (account_id, kind, due_at)"
-    " WHERE state = 'pending'",
-)
 H = timedelta(hours=1)
 
 
@@ -98,7 +81,6 @@ class Scenario:
     pr_cap: int = 750
     horizon: timedelta = timedelta(days=14)
     seed: int = 2026
-    add_indexes: bool = True  # BENCH_INDEXES
 
     def scaled(self, s: float) -> Scenario:
         """Fewer comments with caps scaled alike: the same overload, the same queue shape."""
@@ -186,46 +168,6 @@ def queue_order(order: QueueOrder) -> Iterator[None]:
         bot.sender.claim_due = original  # type: ignore[assignment]
 
 
-class EndedRunsEngine(Engine):
-    """`Engine.run_due`, plus deleting a run that ended without any effect naming its flow.
-
-    A workaround for a bug in bot/engine.py (reported, not fixed here): `apply` learns an
-    ended run's flow only from its effects, so a run that times out into a tag or into
-    nothing (dm_menu's `bye`, the 7-day `wait_answer` of the pricing and lead flows) is never
-    deleted, stays due, and fires again on every tick: the dispatcher never sleeps again.
-    Harmless once the engine deletes such runs itself.
-    """
-
-    async def run_due(self) -> int:
-        if self.flowset is None:
-            return 0
-        now = self._clock.now()
-        async with self._db.transaction() as conn:
-            due = await runs.due_runs(conn, now)
-        for account_id, user_id, run in due:
-            account = self._config.account(account_id)
-            if account is None:
-                continue
-            async with self._db.transaction() as conn:
-                key = (account_id, user_id)
-                state = (await load_states(conn, [key], self._platforms))[key]
-                contact = await runs.contact_view(
-                    conn,
-                    account_id,
-                    account.name,
-                    user_id,
-                    account.platform,
-                    state.handoff_since is not None,
-                )
-                outcome = flow_runtime.on_due(self.flowset, run, contact, now)
-                new = await self.apply(conn, account, user_id, state, outcome, now)
-                if outcome.run is None:  # the fix
-                    await runs.delete_run(conn, account_id, user_id, run.flow_id)
-                if new != state:
-                    await save_states(conn, {key: new}, now)
-        return len(due)
-
-
 class Actions:
     """User actions on a timeline, whole seconds apart at most, in order."""
 
@@ -294,12 +236,8 @@ async def play(
     rt = app[RUNTIME]
     assert rt.db is not None and rt.worker is not None and rt.dispatcher is not None
     assert rt.engine is not None
-    rt.engine.__class__ = EndedRunsEngine  # see its docstring
-    db, worker, dispatcher = rt.db, rt.worker, rt.dispatcher
-    if sc.add_indexes:
-        async with db.transaction() as conn:
-            for sql in BENCH_INDEXES:
-                await conn.execute(sql)
+    assert rt.inbox_db is not None
+    db, inbox_db, worker, dispatcher = rt.db, rt.inbox_db, rt.worker, rt.dispatcher
     rng = random.Random(sc.seed)
     actions = Actions()
     persona: dict[str, str] = {}  # user id -> name
@@ -333,7 +271,7 @@ async def play(
             bodies.append(d.body)
         sim.deliveries.clear()
         if bodies:
-            async with db.transaction() as conn:
+            async with inbox_db.transaction() as conn:
                 await conn.executemany(
                     "INSERT INTO inbox (received_at, body) VALUES (?, ?)",
                     [(to_ms(clock.now()), b) for b in bodies],
@@ -486,11 +424,8 @@ async def main() -> int:
     )
     parser.add_argument("--save", type=Path, help="write this order's result as JSON here")
     parser.add_argument("--keep", type=Path, help="keep the SQLite files in this folder")
-    parser.add_argument(
-        "--as-is", action="store_true", help="without the indexes the bench adds (slow)"
-    )
     args = parser.parse_args()
-    sc = replace(Scenario(), seed=args.seed, add_indexes=not args.as_is).scaled(args.scale)
+    sc = replace(Scenario(), seed=args.seed).scaled(args.scale)
     if args.parallel:
         results = await in_parallel(args)
     else:
@@ -516,7 +451,6 @@ async def in_parallel(args: argparse.Namespace) -> list[Result]:
         for order in QueueOrder:
             cmd = [sys.argv[0], "--scale", str(args.scale), "--seed", str(args.seed)]
             cmd += ["--order", order.value, "--save", str(Path(tmp) / f"{order}.json")]
-            cmd += ["--as-is"] if args.as_is else []
             procs.append(await asyncio.create_subprocess_exec(sys.executable, *cmd))
         for proc in procs:
             if await proc.wait() != 0:

@@ -66,21 +66,10 @@ from bot.simulator import Simulator, SimulatorRules, create_simulator_app
 from bot.store import flows as runs
 from bot.store import outbox
 from bot.store.db import Database
+from bot.store.outbox import SendClass
 
 # Ids of the contacts each run adds, clear of the bulk ones and of earlier runs (--reuse).
 RUN_BASE = 10_000_000 + (int(time.time()) % 10_000) * 10_000_000
-# The indexes this bench found missing (docs/benchmarks.md): without them every dispatcher
-# tick scans every queued outbox row twice, and every start once more. `--add-indexes` puts
-# them in the bench's database to measure the daemon as it would be with them.
-PROPOSED_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS outbox_pending_deadline ON outbox (deadline)"
-    " WHERE state = 'pending' AND deadline IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS outbox_pending_kind ON outbox (account_id, kind, due_at)"
-    " WHERE state = 'pending'",
-    "CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (lease_owner)"
-    " WHERE lease_owner IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS outbox_sending ON outbox (id) WHERE state = 'sending'",
-)
 TARGET_RSS_MB = 300.0
 TARGET_READY_S = 10.0
 TARGET_P99_S = 1.0
@@ -388,13 +377,13 @@ async def tick_costs(path: Path) -> dict[str, float]:
             took.append(time.perf_counter() - t)
         out[name] = statistics.median(took) * 1000
 
-    async def claim(private: bool) -> None:
+    async def claim(send_class: SendClass) -> None:
         with contextlib.suppress(_Rollback):
             async with db.transaction() as conn:
                 await outbox.claim_due(
                     conn,
                     IG_ACCOUNT,
-                    private_replies=private,
+                    send_class=send_class,
                     now=now,
                     limit=10,
                     owner="bench",
@@ -407,16 +396,17 @@ async def tick_costs(path: Path) -> dict[str, float]:
         await timed("engine: due_runs", lambda: runs.due_runs(r, now))
         await timed("engine: next_run_due", lambda: runs.next_run_due(r))
         await timed("sender: pending_past_deadline", lambda: outbox.pending_past_deadline(r, now))
-        for private, what in ((True, "private replies"), (False, "messages")):
-            await timed(f"sender: claim_due ({what})", lambda p=private: claim(p))
+        for send_class in SendClass:
+            what = send_class.value
+            await timed(f"sender: claim_due ({what})", lambda c=send_class: claim(c))
             await timed(
                 f"sender: next_due_at ({what})",
-                lambda p=private: outbox.next_due_at(r, IG_ACCOUNT, private_replies=p, after=now),
+                lambda c=send_class: outbox.next_due_at(r, IG_ACCOUNT, send_class=c, after=now),
             )
             await timed(
                 f"sender: sends_since ({what})",
-                lambda p=private: outbox.sends_since(
-                    r, IG_ACCOUNT, private_replies=p, since=now - timedelta(hours=1)
+                lambda c=send_class: outbox.sends_since(
+                    r, IG_ACCOUNT, send_class=c, since=now - timedelta(hours=1)
                 ),
             )
         config = config_from_mapping(bot_settings(path, "http://127.0.0.1:9"), env={}, base=path)
@@ -447,9 +437,6 @@ def main() -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="with --keep: use the database already there"
     )
-    parser.add_argument(
-        "--add-indexes", action="store_true", help="add the indexes found missing, first"
-    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="scheduler-") as tmpdir:
         tmp = args.keep or Path(tmpdir)
@@ -462,10 +449,6 @@ def main() -> int:
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
             print(f"loading {args.runs:,} follow-ups, {args.outbox:,} queued sends", flush=True)
             store = fill(db, args.runs, args.outbox, args.seed)
-        if args.add_indexes:
-            with bulk(db) as conn:
-                for sql in PROPOSED_INDEXES:
-                    conn.execute(sql)
         store.size_mb = sum(p.stat().st_size for p in tmp.glob("bot.sqlite3*")) / 2**20
         print(
             f"loaded in {store.load_seconds:.0f} s; database {store.size_mb:,.0f} MB", flush=True
@@ -473,8 +456,7 @@ def main() -> int:
         out = asyncio.run(measure(store, args, tmp))
         costs = asyncio.run(tick_costs(db))
     first, again, late = out["first start"], out["restart after kill -9"], out["lateness"]
-    indexes = " (with the proposed indexes)" if args.add_indexes else ""
-    print(f"\n{args.runs:,} pending follow-ups + {args.outbox:,} queued sends{indexes}")
+    print(f"\n{args.runs:,} pending follow-ups + {args.outbox:,} queued sends")
     print(f"load average during the run: {out['load']} (2 cores, shared machine)")
     print(f"resident memory, max VmRSS  {verdict(out['rss_max'], TARGET_RSS_MB, 'MB')}")
     print(f"resident memory, VmHWM      {verdict(out['rss_hwm'], TARGET_RSS_MB, 'MB')}")
@@ -499,7 +481,6 @@ def main() -> int:
     summary = {
         "runs": args.runs,
         "outbox": args.outbox,
-        "indexes": args.add_indexes,
         "load_s": round(store.load_seconds, 1),
         "db_mb": round(store.size_mb),
         "rss_max_mb": round(out["rss_max"], 1),

@@ -24,7 +24,6 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
@@ -112,36 +111,6 @@ def generate(contacts: int, days: int, seed: int, resolution: str) -> tuple[str,
     return out.getvalue(), len(events)
 
 
-def patch_finished_runs() -> None:
-    """The engine bug this works around, in this process only: a flow run that ends with no
-    effect (a `wait_reply` timing out with no `on_timeout`) is never deleted, because
-    `Engine.apply` takes the flow id from the outcome's effects; it stays due and fires again
-    at every dispatcher tick, up to 200 a tick, each in its own transaction. In a month with
-    thousands of unanswered private replies that swamps every tick. Harmless once fixed."""
-    from bot import engine
-    from bot.flows import runtime
-    from bot.store import flows as runs
-
-    finished: dict[int, str] = {}
-    on_due, apply = runtime.on_due, engine.Engine.apply
-
-    def on_due_noting(flowset: Any, run: Any, contact: Any, now: Any) -> Any:
-        outcome = on_due(flowset, run, contact, now)
-        finished[id(outcome)] = run.flow_id
-        return outcome
-
-    async def apply_deleting(self: Any, conn: Any, account: Any, user: Any, *rest: Any) -> Any:
-        new = await apply(self, conn, account, user, *rest)
-        outcome = rest[1]
-        flow_id = finished.pop(id(outcome), None)
-        if flow_id and outcome.run is None and user is not None:
-            await runs.delete_run(conn, account.id, user, flow_id)
-        return new
-
-    runtime.on_due = on_due_noting
-    engine.Engine.apply = apply_deleting  # type: ignore[method-assign]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--contacts", type=int, default=10_000)
@@ -154,19 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         "time (0s: at every instant something is due)",
     )
     parser.add_argument("--keep", type=Path, help="write the generated scenario here")
-    parser.add_argument(
-        "--fix-finished-runs",
-        action="store_true",
-        help="apply, in this process only, the fix for the engine's finished-run bug (see "
-        "patch_finished_runs) to measure the run as it will be once it is fixed",
-    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
     from bot.cli import main as bot
-
-    if args.fix_finished_runs:
-        patch_finished_runs()
 
     text, entries = generate(args.contacts, args.days, args.seed, args.resolution)
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,6 @@ starved webhook acks in bench/ingest.py.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -68,7 +67,6 @@ class Engine:
         metrics: Metrics,
         config: Config,
         flowset: FlowSet | None = None,
-        rng: random.Random | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -77,7 +75,6 @@ class Engine:
         self._config = config
         self._platforms = {a.id: a.platform for a in config.accounts}
         self.flowset = flowset
-        self._rng = rng or random.Random()
 
     # --- events --------------------------------------------------------------------------
 
@@ -166,13 +163,14 @@ class Engine:
                 if user is not None
                 else None
             )
-            outcome = runtime.start(self.flowset, ev, contact, now, self._rng, history)
+            # No rng: reply variants come from a stable digest of the comment, flow and step,
+            # so a retried webhook or a replayed `bot simulate` scenario picks the same text.
+            outcome = runtime.start(self.flowset, ev, contact, now, history=history)
             if outcome is None:
                 return
-            flow_id = outcome.run.flow_id if outcome.run else _flow_of(outcome)
-            if user is not None and flow_id:
-                await runs.record_start(conn, account.id, user, flow_id, now, comment_id)
-            self._metrics.inc("flows_started", flow=flow_id or "?", help="flow runs started")
+            if user is not None:
+                await runs.record_start(conn, account.id, user, outcome.flow_id, now, comment_id)
+            self._metrics.inc("flows_started", flow=outcome.flow_id, help="flow runs started")
         state = await self.apply(conn, account, user, state, outcome, now)
         if key:
             states[key] = state
@@ -235,7 +233,7 @@ class Engine:
         """Carry out a flow's effects in this transaction; return the contact's new state."""
         notes = list(outcome.notes)
         run = outcome.run
-        flow_id = run.flow_id if run else _flow_of(outcome)
+        flow_id = outcome.flow_id
         for eff in outcome.effects:
             if isinstance(eff, Send):
                 notes.append(await self._enqueue(conn, account, user, state, eff, now))
@@ -272,7 +270,9 @@ class Engine:
         if user is not None:
             if run is not None:
                 await runs.save_run(conn, account.id, user, run, now)
-            elif flow_id:
+            else:
+                # Finished, with or without effects: a run left behind would stay due and
+                # fire again at every dispatcher tick.
                 await runs.delete_run(conn, account.id, user, flow_id)
         if notes:
             await runs.add_notes(conn, account.id, user, flow_id, now, notes)
@@ -376,11 +376,3 @@ def _starts_or_answers(ev: Event) -> bool:
     if isinstance(ev, Message):
         return not ev.is_echo and not ev.is_deleted
     return isinstance(ev, Postback | Referral)
-
-
-def _flow_of(outcome: Outcome) -> str | None:
-    for eff in outcome.effects:
-        flow_id = getattr(eff, "flow_id", None)
-        if flow_id:
-            return str(flow_id)
-    return None

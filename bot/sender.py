@@ -2,6 +2,11 @@
 core once more at the moment of sending (POLICY.md §1: a queued or scheduled message must
 still have a basis when it goes), then records the outcome in the send log.
 
+Each `SendClass` is its own queue under its own hourly cap (private replies, DMs; public
+replies have none), so one class's backlog never holds back another's: a public "check your
+DMs" reply under a post goes when due, not behind a day of DMs waiting for the 200/h cap.
+The calls-per-second cap is the account's, shared by every class.
+
 The Graph API call happens outside any transaction: a row is leased ('sending') before the
 call and settled after it. A crash in between leaves it 'sending'; on restart such rows are
 settled by the `delivery` setting: at-most-once (default) marks them unknown, never resends.
@@ -24,6 +29,7 @@ from bot.metrics import Metrics
 from bot.policy import (
     Allowed,
     ConversationState,
+    PlatformProfile,
     PolicyProfile,
     Refused,
     decide,
@@ -41,6 +47,7 @@ from bot.store.db import Database, fetch_one
 from bot.store.outbox import (
     OutboxItem,
     Outcome,
+    SendClass,
     SendKind,
     claim_due,
     finish,
@@ -50,6 +57,7 @@ from bot.store.outbox import (
     next_due_at,
     pending_past_deadline,
     release,
+    release_leases,
     sends_since,
     unclaim,
 )
@@ -59,6 +67,15 @@ __all__ = ["Sender", "SenderSettings"]
 log = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
 SECOND = timedelta(seconds=1)
+
+
+def hourly_cap(rules: PlatformProfile, send_class: SendClass) -> int | None:
+    """The class's sends allowed per rolling hour (POLICY.md §4); None: no hourly cap."""
+    if send_class is SendClass.PRIVATE_REPLY:
+        return rules.private_replies_per_hour
+    if send_class is SendClass.DM:
+        return rules.automated_dms_per_hour
+    return None  # public comment replies: POLICY.md §4 gives no figure
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +130,10 @@ class Sender:
                 if until is not None:
                     wakes.append(until)
                 continue
-            for private in (True, False):
-                n, wake = await self._run_class(account, private, now)
+            # The capped messaging classes first: they take at most their hourly share of
+            # the calls-per-second budget, and public replies use what is left of it.
+            for send_class in (SendClass.PRIVATE_REPLY, SendClass.DM, SendClass.PUBLIC_REPLY):
+                n, wake = await self._run_class(account, send_class, now)
                 tried += n
                 if wake is not None:
                     wakes.append(wake)
@@ -122,29 +141,33 @@ class Sender:
         return tried
 
     async def _run_class(
-        self, account: Account, private: bool, now: datetime
+        self, account: Account, send_class: SendClass, now: datetime
     ) -> tuple[int, datetime | None]:
-        """Send what is due in one cap class; return sends tried and when to look again."""
+        """Send what is due in one class; return sends tried and when to look again."""
         throttled = self._backoff_until.get(account.id)
         if throttled is not None and throttled > now:
             return 0, throttled
         rules = self._profile.for_platform(account.platform)
-        cap = rules.private_replies_per_hour if private else rules.automated_dms_per_hour
+        cap = hourly_cap(rules, send_class)
         reader = self._db.reader
-        in_hour, oldest_in_hour = await sends_since(
-            reader, account.id, private_replies=private, since=now - HOUR
-        )
         in_second, oldest_in_second = await sends_since(
-            reader, account.id, private_replies=private, since=now - SECOND
+            reader, account.id, send_class=None, since=now - SECOND
         )
-        hour_room = cap - in_hour
-        room = min(hour_room, rules.calls_per_second - in_second)
+        room = rules.calls_per_second - in_second
+        hour_room: int | None = None
+        oldest_in_hour: datetime | None = None
+        if cap is not None:
+            in_hour, oldest_in_hour = await sends_since(
+                reader, account.id, send_class=send_class, since=now - HOUR
+            )
+            hour_room = cap - in_hour
+            room = min(room, hour_room)
         if room > 0:
             async with self._db.transaction() as conn:
                 items = await claim_due(
                     conn,
                     account.id,
-                    private_replies=private,
+                    send_class=send_class,
                     now=now,
                     limit=room,
                     owner=self._owner,
@@ -159,13 +182,13 @@ class Sender:
             if len(items) < room:
                 # Everything due went: wake when the next row falls due.
                 return len(items), await next_due_at(
-                    reader, account.id, private_replies=private, after=now
+                    reader, account.id, send_class=send_class, after=now
                 )
             tried = len(items)
         else:
             tried = 0
         # Capacity ran out: wake when the rolling hour (or second) frees a slot.
-        if hour_room - tried <= 0 and oldest_in_hour is not None:
+        if hour_room is not None and hour_room - tried <= 0 and oldest_in_hour is not None:
             return tried, oldest_in_hour + HOUR
         return tried, (oldest_in_second or now) + SECOND
 
@@ -453,11 +476,7 @@ class Sender:
         now = self._clock.now()
         async with self._db.transaction() as conn:
             rows = await in_flight(conn)
-            # Leased but never tried: simply back in the queue.
-            await conn.execute(
-                "UPDATE outbox SET lease_owner = NULL, lease_until = NULL"
-                " WHERE state = 'pending' AND lease_owner IS NOT NULL"
-            )
+            await release_leases(conn)  # leased but never tried: simply back in the queue
             for item in rows:
                 if self._settings.delivery == "at_least_once":
                     await release(conn, item.id, due_at=now)

@@ -9,29 +9,46 @@ from typing import Any
 from bot.clock import Clock, SystemClock, from_ms, to_ms
 from bot.config import Config
 from bot.policy import PolicyProfile
+from bot.sender import hourly_cap
 from bot.store.db import Database
 from bot.store.inbox import inbox_counts, open_inbox
+from bot.store.outbox import SendClass, kind_test, sends_since
 
-__all__ = ["collect_status", "print_status"]
+__all__ = ["CLASSES", "collect_status", "print_status"]
+
+# Per-account figures, one entry per sender queue (bot/sender.py); `cap_per_hour` is null
+# for public replies, which no hourly cap holds (POLICY.md §4).
+CLASSES = (
+    ("private_replies", SendClass.PRIVATE_REPLY),
+    ("dms", SendClass.DM),
+    ("public_replies", SendClass.PUBLIC_REPLY),
+)
 
 
 async def _projection(
-    db: Database, account_id: str, *, private: bool, cap: int, sent: int, now_ms: int
+    db: Database,
+    account_id: str,
+    *,
+    send_class: SendClass,
+    cap: int | None,
+    sent: int,
+    now_ms: int,
 ) -> dict[str, Any]:
     """Queue depth and how many queued messages would expire before the caps let them go.
 
     A projection: the queue drains earliest deadline first at the cap's pace (the free part
     of the rolling hour at once, then one slot every hour/cap), with nothing new arriving.
+    A class without an hourly cap (public replies) drains as it falls due.
     """
-    kind = "kind = 'private_reply'" if private else "kind != 'private_reply'"
     async with db.reader.execute(
         f"SELECT deadline, due_at FROM outbox WHERE account_id = ? AND state = 'pending'"
-        f" AND {kind} ORDER BY coalesce(deadline, 9223372036854775807), priority, id",
+        f" AND {kind_test(send_class)}"
+        " ORDER BY coalesce(deadline, 9223372036854775807), priority, id",
         (account_id,),
     ) as cur:
         rows = list(await cur.fetchall())
-    room = max(cap - sent, 0)
-    slot_ms = 3_600_000 / max(cap, 1)
+    room = len(rows) if cap is None else max(cap - sent, 0)
+    slot_ms = 3_600_000 / max(cap or 1, 1)
     expiring = 0
     first_expiry: int | None = None
     for i, (deadline, due_at) in enumerate(rows):
@@ -60,7 +77,6 @@ async def collect_status(
     """`inbox`: the inbox file's database; without it, the inbox line is left out."""
     profile = profile or PolicyProfile()
     now = clock.now()
-    hour_ago = to_ms(now - timedelta(hours=1))
     window_open_since = to_ms(now - timedelta(hours=24))
     out: dict[str, Any] = {"now": now.isoformat(), "accounts": []}
     if inbox is not None:
@@ -89,19 +105,17 @@ async def collect_status(
             row = await cur.fetchone()
         one["paused"] = row[0] if row and row[0] else None
         rules = profile.for_platform(account.platform)
-        for label, private, cap in (
-            ("private_replies", True, rules.private_replies_per_hour),
-            ("dms", False, rules.automated_dms_per_hour),
-        ):
-            kinds = "kind = 'private_reply'" if private else "kind IN ('message', 'optin_request')"
-            async with db.reader.execute(
-                f"SELECT count(*) FROM send_log WHERE account_id = ? AND at > ?"
-                f" AND outcome IN ('sent', 'unknown') AND {kinds}",
-                (account.id, hour_ago),
-            ) as cur:
-                sent = int((await cur.fetchone() or (0,))[0])
+        for label, send_class in CLASSES:
+            sent, _ = await sends_since(
+                db.reader, account.id, send_class=send_class, since=now - timedelta(hours=1)
+            )
             one[label] = await _projection(
-                db, account.id, private=private, cap=cap, sent=sent, now_ms=to_ms(now)
+                db,
+                account.id,
+                send_class=send_class,
+                cap=hourly_cap(rules, send_class),
+                sent=sent,
+                now_ms=to_ms(now),
             )
         async with db.reader.execute(
             "SELECT min(t) FROM (SELECT min(due_at) AS t FROM outbox WHERE account_id = ?"
@@ -141,17 +155,18 @@ async def print_status(config: Config, *, as_json: bool, clock: Clock | None = N
     print(f"inbox: {inbox['new']} waiting, {inbox['done']} processed, {inbox['bad']} bad")
     for a in status["accounts"]:
         paused = f"PAUSED: {a['paused']}" if a["paused"] else "running"
-        queued = a["private_replies"]["queued"] + a["dms"]["queued"]
-        sent = a["private_replies"]["sent_last_hour"] + a["dms"]["sent_last_hour"]
+        queued = sum(a[label]["queued"] for label, _ in CLASSES)
+        sent = sum(a[label]["sent_last_hour"] for label, _ in CLASSES)
         print(
             f"{a['platform']} {a['id']} {a['name']}: {paused}; {a['contacts']} contacts,"
             f" {a['open_windows']} open 24 h windows, {queued} queued,"
             f" {sent} sent in the last hour"
         )
-        for label in ("private_replies", "dms"):
+        for label, _ in CLASSES:
             q = a[label]
+            cap = "" if q["cap_per_hour"] is None else f"/{q['cap_per_hour']}"
             line = (
-                f"  {label.replace('_', ' ')}: {q['sent_last_hour']}/{q['cap_per_hour']} in the"
+                f"  {label.replace('_', ' ')}: {q['sent_last_hour']}{cap} in the"
                 f" last hour, {q['queued']} queued"
             )
             if q["projected_expiries"]:

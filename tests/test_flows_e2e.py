@@ -207,3 +207,47 @@ async def test_an_ig_me_referral_link_starts_its_flow_and_opens_the_window(bot: 
     row = await bot.rows("SELECT email, tags FROM contacts WHERE user_id = ?", bot.user("lee"))
     assert row[0][0] == "lee@example.org" and "lead" in row[0][1]
     assert bot.sim.refused() == []
+
+
+async def test_a_run_that_times_out_with_nothing_to_send_ends_and_fires_once(bot: Stack) -> None:
+    # Nobody answers the private reply: the 7-day wait_answer times out with no on_timeout.
+    await bot.sim.player.comment(IG_ACCOUNT, "alice", "reel1", "PRICING")
+    await bot.run_until(bot.clock.now() + M)
+    bot.clock.advance(7 * D)
+    for _ in range(3):  # a few more dispatcher ticks at the same moment
+        await bot.process()
+    assert await bot.rows("SELECT flow_id FROM flow_runs") == []  # the run is over
+    timeouts = await bot.rows("SELECT note FROM flow_notes WHERE note LIKE '%no reply within%'")
+    assert len(timeouts) == 1  # it timed out once, not at every tick
+    assert bot.next_wake is None  # and nothing is left to wake the dispatcher for
+
+
+async def test_a_flow_that_only_tags_counts_as_started_for_its_cooldown(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, clock: Any
+) -> None:
+    flows, templates = tmp_path / "f", tmp_path / "t"
+    flows.mkdir()
+    templates.mkdir()
+    (flows / "f.yaml").write_text(
+        "flows:\n  - id: interested\n    trigger: {type: dm, keywords: [interested]}\n"
+        "    guards: {cooldown: 1d}\n    steps:\n"
+        "      - {id: mark, type: tag, tags: [warm]}\n"
+        "      - {id: unmark, type: untag, tags: [cold]}\n"
+    )
+    s = await make_stack(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        clock,
+        flows_dir=str(flows),
+        templates_dir=str(templates),
+    )
+    try:
+        for _ in range(3):
+            await s.sim.player.dm(IG_ACCOUNT, "kim", "interested!")
+            await s.run_until(s.clock.now() + M)
+        started = await s.rows("SELECT note FROM flow_notes WHERE note LIKE 'flow % started%'")
+        assert len(started) == 1  # the cooldown held: the first start was recorded
+        assert await s.rows("SELECT flow_id FROM flow_runs") == []
+    finally:
+        await s.sim.close()

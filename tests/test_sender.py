@@ -326,3 +326,26 @@ async def test_a_private_reply_in_flight_at_a_crash_still_blocks_other_sends(sta
     await stack.process()
     assert stack.sim.log.entries == []
     assert (await log_of(stack))[-1][3] == "awaiting_user_reply"
+
+
+async def test_a_public_reply_does_not_wait_behind_a_dm_backlog_at_the_hourly_cap(
+    bot: Stack,
+) -> None:
+    # 250 people write "menu": 200 menus go within the hour's cap, 50 wait with a deadline.
+    for i in range(250):
+        await bot.sim.player.dm(IG_ACCOUNT, f"fan{i}", "menu")
+    await bot.run_until(bot.clock.now() + 2 * timedelta(minutes=1))
+    assert len(bot.sim.accepted()) == 200
+    assert await bot.rows("SELECT count(*) FROM outbox WHERE state = 'pending'") == [(50,)]
+    # Then a PRICING comment: its private reply at once, its public reply due 20 s later.
+    c = await bot.sim.player.comment(IG_ACCOUNT, "alice", "reel1", "PRICING")
+    commented = bot.clock.now()
+    await bot.run_until(commented + timedelta(minutes=5))
+    [public] = [e for e in bot.sim.accepted() if e.endpoint == "replies"]
+    assert public.time - commented <= timedelta(seconds=21)  # due after 20 s: on time
+    assert await bot.rows("SELECT comment_id FROM outbox WHERE kind = 'public_reply'") == [
+        (c.comment_id,)
+    ]
+    dms = [e for e in bot.sim.accepted() if e.basis == "standard_window"]
+    assert len(dms) == 200  # the public reply took no DM slot, and the cap still holds
+    assert bot.sim.refused() == []

@@ -4,6 +4,7 @@ timelines pinned; scenario mistakes point at file:line; a refusal by Meta fails 
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,33 @@ def test_an_expectation_that_does_not_hold_fails_the_run(
     failed = 'line 9: sent {"to": "alice", "basis": "standard_window"}: wanted at least 1, found 0'
     assert f"EXPECTATION FAILED {failed}" in out
     assert "expectations 1/2 held" in out
+
+
+def test_the_same_scenario_prints_the_same_timeline_every_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        FLOWS + "until: 1h\n"
+        "timeline:\n"
+        "  - at: 0s\n"
+        "    repeat: 12\n"
+        "    every: 1m\n"
+        "    comment: {user: 'fan{n}', text: PRICING}\n",
+    )
+
+    def timeline() -> str:
+        assert main(["simulate", "--notes", str(path)]) == 0
+        out = capsys.readouterr().out
+        return re.sub(r" in [0-9.]+ s$", "", out.rstrip("\n"))  # the wall time may differ
+
+    first = timeline()
+    assert timeline() == first
+    public = [
+        line for line in first.splitlines() if "bot sent" in line and "public_comment" in line
+    ]
+    assert len(public) == 12
+    assert len({line.split('"')[1] for line in public}) > 1  # still varied across comments
 
 
 # --- scenario mistakes name file:line:column and the key ------------------------------------

@@ -4,8 +4,10 @@ that can't be rendered in full is never sent, not even partly."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
@@ -47,7 +49,7 @@ from bot.flows.run import ContactView, Outcome, RunState, Waiting
 from bot.policy import Intent
 from bot.templates import TemplateFailure
 
-__all__ = ["MAX_STEPS", "Executor", "parse_email", "parse_phone"]
+__all__ = ["MAX_STEPS", "Executor", "parse_email", "parse_phone", "pick_variant"]
 
 # A run that executes this many steps without waiting is in a goto loop: it stops.
 MAX_STEPS: Final = 50
@@ -76,6 +78,17 @@ def parse_phone(text: str | None) -> str | None:
     return ("+" if m.group(0).startswith("+") else "") + digits
 
 
+def pick_variant(options: Sequence[str], *key: str) -> str:
+    """One of `options`, the same for the same key in every process and on every machine.
+
+    A stable digest of the key (comment id, flow, step), never Python's `hash()`, which is
+    salted per process: a retried webhook and a replayed `bot simulate` scenario pick the same
+    text, while different comments spread over the variants.
+    """
+    digest = hashlib.blake2b("\x1f".join(key).encode(), digest_size=8).digest()
+    return options[int.from_bytes(digest, "big") % len(options)]
+
+
 class _Stop(Exception):
     """A template failed: the run ends here with a RenderFailed effect."""
 
@@ -94,7 +107,7 @@ class Executor:
     notes: list[str] = field(default_factory=list)
 
     def outcome(self, run: RunState | None) -> Outcome:
-        return Outcome(run, tuple(self.effects), tuple(self.notes))
+        return Outcome(self.flow.id, run, tuple(self.effects), tuple(self.notes))
 
     # --- rendering -----------------------------------------------------------------------
 
@@ -234,8 +247,11 @@ class Executor:
                 if comment_id is None:
                     self.notes.append(f"step {step.id}: no comment to reply to publicly; skipped")
                     return after
-                rng = self.rng or random.Random(f"{comment_id}:{step.id}")
-                name = rng.choice(step.templates)
+                name = (
+                    self.rng.choice(step.templates)
+                    if self.rng is not None
+                    else pick_variant(step.templates, comment_id, self.flow.id, step.id)
+                )
                 text = self.render(step, name, limit=False)
                 self.send(
                     step,

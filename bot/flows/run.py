@@ -128,8 +128,13 @@ class GuardHistory:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The run's new state (None: the flow finished), what to do, and why (for the log)."""
+    """The run's new state (None: the flow finished), what to do, and why (for the log).
 
+    `flow_id` names the flow even when the run finished with no effect (a `wait_reply` timing
+    out with no `on_timeout`), so the engine can delete the finished run and record the start.
+    """
+
+    flow_id: str
     run: RunState | None
     effects: tuple[Effect, ...] = ()
     notes: tuple[str, ...] = ()

@@ -92,8 +92,9 @@ def start(
 ) -> Outcome | None:
     """Start the one flow `event` matches, or None when none matches or a guard blocks it.
 
-    `rng` picks public-reply variants; without one, the choice is seeded by the comment id,
-    so a retried webhook picks the same text.
+    `rng` picks public-reply variants; without one (the engine's way), the choice is a stable
+    digest of the comment id, flow and step (`pick_variant`), so a retried webhook or a
+    replayed scenario picks the same text.
     """
     cand, blocked = explain_start(flowset, event, contact, now, history)
     if cand is None or blocked is not None:
@@ -122,10 +123,11 @@ def _resume(
 ) -> Executor | Outcome:
     flow = flowset.get(run.flow_id)
     if flow is None:
-        return Outcome(None, (), (f"flow {run.flow_id} is no longer loaded; the run ended",))
+        note = f"flow {run.flow_id} is no longer loaded; the run ended"
+        return Outcome(run.flow_id, None, (), (note,))
     if flow.step(run.step_id) is None:
         note = f"step {run.step_id!r} is no longer in flow {flow.id}; the run ended"
-        return Outcome(None, (), (note,))
+        return Outcome(run.flow_id, None, (), (note,))
     return Executor(flowset, flow, run, contact, now)
 
 
@@ -146,10 +148,11 @@ def on_event(
     if isinstance(ex, Outcome):
         return ex
     if contact.handoff:
-        return Outcome(run, (), ("a human has this conversation; the run waits",))
+        return Outcome(run.flow_id, run, (), ("a human has this conversation; the run waits",))
     reply = _reply(event)
     if run.waiting_for is not Waiting.REPLY or reply is None:
-        return Outcome(run, (), (f"run of {run.flow_id} is not waiting for this event",))
+        note = f"run of {run.flow_id} is not waiting for this event"
+        return Outcome(run.flow_id, run, (), (note,))
     text, payload = reply
     step = ex.flow.step(run.step_id)
     ex.run = replace(
@@ -162,7 +165,7 @@ def on_event(
         return ex.advance(after)
     if isinstance(step, Collect):
         return _collect(ex, step, text, after)
-    return Outcome(run, (), (f"step {run.step_id} does not take a reply",))
+    return Outcome(run.flow_id, run, (), (f"step {run.step_id} does not take a reply",))
 
 
 def _collect(ex: Executor, step: Collect, text: str | None, after: str | None) -> Outcome:
@@ -184,7 +187,7 @@ def on_due(flowset: FlowSet, run: RunState, contact: ContactView, now: datetime)
     """A wait timed out or a follow-up is due; a wake-up for a run not (or no longer) due
     changes nothing, so stale schedules are harmless."""
     if run.waiting_for is None or run.wait_until is None or now < run.wait_until:
-        return Outcome(run, (), (f"run of {run.flow_id} has nothing due",))
+        return Outcome(run.flow_id, run, (), (f"run of {run.flow_id} has nothing due",))
     ex = _resume(flowset, run, contact, now)
     if isinstance(ex, Outcome):
         return ex

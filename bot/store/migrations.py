@@ -173,4 +173,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX flow_notes_user ON flow_notes (account_id, user_id, at);
     """,
+    # 3: the outbox indexes the benches found missing (docs/benchmarks.md); without them every
+    # dispatcher tick and every start scanned every queued row. Each serves a query in
+    # bot/store/outbox.py, checked with EXPLAIN QUERY PLAN in tests/test_outbox.py.
+    """
+    -- claim_due and next_due_at: a cap class's due rows (kind), in due order.
+    CREATE INDEX outbox_pending_kind ON outbox (account_id, kind, due_at)
+        WHERE state = 'pending';
+    -- pending_past_deadline: the rows whose basis may have closed while they waited.
+    CREATE INDEX outbox_pending_deadline ON outbox (deadline)
+        WHERE state = 'pending' AND deadline IS NOT NULL;
+    -- release_leases: leased rows at a restart (few, so the index stays tiny).
+    CREATE INDEX outbox_leased ON outbox (lease_owner) WHERE lease_owner IS NOT NULL;
+    -- in_flight: the sends a crash left 'sending'.
+    CREATE INDEX outbox_sending ON outbox (id) WHERE state = 'sending';
+    """,
 ]
