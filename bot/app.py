@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -68,8 +69,12 @@ def create_app(
     clock: Clock | None = None,
     profile: PolicyProfile | None = None,
     start_workers: bool = True,
+    rng: random.Random | None = None,
 ) -> web.Application:
-    """Build the daemon's app; `start_workers=False` leaves draining to the caller (tests)."""
+    """Build the daemon's app; `start_workers=False` leaves draining to the caller (tests).
+
+    `rng` draws the retry jitter; `bot simulate` seeds it so a scenario with faults replays.
+    """
     clock = clock or SystemClock()
     if profile is None:
         profile = load_profile(config.policy_profile) if config.policy_profile else PolicyProfile()
@@ -124,7 +129,7 @@ def create_app(
             ingest_busy=rt.inbox.busy,
             on_commit=rt.wakeup.kick,
         )
-        rt.sender = Sender(rt.db, clock, rt.graph, profile, config, metrics)
+        rt.sender = Sender(rt.db, clock, rt.graph, profile, config, metrics, rng=rng)
         rt.dispatcher = Dispatcher(rt.engine, rt.sender)
         stopping = asyncio.Event()
         if start_workers:

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from bot.clock import VirtualClock
+from bot.policy import Intent
 from bot.store import outbox
 from bot.store.db import Database
 from bot.store.outbox import SendClass
@@ -70,5 +71,52 @@ async def test_every_hot_outbox_query_uses_its_index_and_none_scans_the_table(
                 on_outbox = [p for p in plan if " outbox " in f"{p} "]
                 assert on_outbox, f"{name}: {plan}"
                 assert all(f"INDEX {EXPECTED[name]}" in p for p in on_outbox), f"{name}: {plan}"
+    finally:
+        await db.close()
+
+
+async def test_settling_a_send_by_its_echo_reads_no_table_whole(
+    tmp_path: Path, clock: VirtualClock
+) -> None:
+    # Every echo Meta sends back runs this, so it must not scan the send log or the outbox.
+    db = await Database.open(tmp_path / "bot.sqlite3")
+    try:
+        sqls: list[str] = []
+        now = clock.now()
+        async with db.transaction() as conn:
+            # A send whose outcome was unknown, which the echo then settles.
+            item = await outbox.enqueue(
+                conn,
+                account_id=ACCOUNT,
+                user_id="u1",
+                kind=outbox.SendKind.MESSAGE,
+                intent=Intent(),
+                message={"text": "hello"},
+                due_at=now,
+                deadline=now + timedelta(hours=24),
+                now=now,
+            )
+            assert item is not None
+            await outbox.finish(conn, item, "unknown")
+            await outbox.log_send(
+                conn,
+                at=now,
+                outcome=outbox.Outcome.UNKNOWN,
+                account_id=ACCOUNT,
+                user_id="u1",
+                kind=outbox.SendKind.MESSAGE,
+                outbox_id=item,
+            )
+            await conn.set_trace_callback(sqls.append)
+            settled = await outbox.reconcile_echo(conn, ACCOUNT, "u1", "hello", "mid.1", now)
+            await conn.set_trace_callback(None)
+        assert settled == item
+        assert any("send_log" in sql for sql in sqls) and any("outbox" in sql for sql in sqls)
+        for sql in sqls:
+            if not sql.lstrip().upper().startswith(("SELECT", "UPDATE")):
+                continue
+            async with db.reader.execute(f"EXPLAIN QUERY PLAN {sql}") as cur:
+                plan = [str(r[3]) for r in await cur.fetchall()]
+            assert not [p for p in plan if p.startswith("SCAN")], f"{sql}: {plan}"
     finally:
         await db.close()

@@ -5,6 +5,7 @@ time to the next.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -393,7 +394,13 @@ async def run_scenario(
             env={},
             source=str(scenario.path),
         )
-        app = create_app(config, clock=clock, profile=scenario.profile, start_workers=False)
+        app = create_app(
+            config,
+            clock=clock,
+            profile=scenario.profile,
+            start_workers=False,
+            rng=random.Random(scenario.seed),
+        )
         bot_runner, bot_url = await _serve(app)
         runners.append(bot_runner)
         world = _World(clock, sim, config, runners, f"{bot_url}{config.webhook_path}", session)

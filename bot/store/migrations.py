@@ -188,4 +188,12 @@ MIGRATIONS: list[str] = [
     -- in_flight: the sends a crash left 'sending'.
     CREATE INDEX outbox_sending ON outbox (id) WHERE state = 'sending';
     """,
+    # 4: Meta's echo of each send settles one whose outcome was unknown (reconcile_echo): it
+    # looks the send log up by message id and the contact's open outbox rows, per echo.
+    """
+    CREATE INDEX send_log_message ON send_log (account_id, message_id)
+        WHERE message_id IS NOT NULL;
+    CREATE INDEX send_log_unknown ON send_log (outbox_id) WHERE outcome = 'unknown';
+    CREATE INDEX outbox_user ON outbox (account_id, user_id);
+    """,
 ]
