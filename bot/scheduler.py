@@ -87,11 +87,17 @@ class SchedulerWakeup:
     def kick(self) -> None:
         self._kicked.set()
 
+    async def _fire(self) -> None:
+        """The job. A coroutine function, so APScheduler's asyncio executor runs it on the
+        loop: a plain function runs in a worker thread, where `Event.set()` is not safe and
+        does not wake the loop (the due wake then waited for unrelated I/O)."""
+        self._kicked.set()
+
     async def wait(self, until: datetime | None) -> None:
         latest = self._clock.now() + self._safety
         until = latest if until is None else min(until, latest)
         self._scheduler.add_job(
-            self.kick, DateTrigger(run_date=until), id=self.JOB, replace_existing=True
+            self._fire, DateTrigger(run_date=until), id=self.JOB, replace_existing=True
         )
         await self._kicked.wait()
         self._kicked.clear()
