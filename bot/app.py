@@ -70,10 +70,14 @@ def create_app(
     profile: PolicyProfile | None = None,
     start_workers: bool = True,
     rng: random.Random | None = None,
+    throwaway_store: bool = False,
 ) -> web.Application:
     """Build the daemon's app; `start_workers=False` leaves draining to the caller (tests).
 
     `rng` draws the retry jitter; `bot simulate` seeds it so a scenario with faults replays.
+    `throwaway_store` is `bot simulate`'s: a temporary file nobody keeps through a crash, so
+    SQLite runs on the loop (no thread hops) with `synchronous=OFF`. Never for the daemon,
+    whose acks must not wait for SQL.
     """
     clock = clock or SystemClock()
     if profile is None:
@@ -91,9 +95,11 @@ def create_app(
     )
 
     async def store(app: web.Application) -> AsyncIterator[None]:
-        rt.db = await Database.open(config.database.path, config.database.synchronous)
+        path = config.database.path
+        sync = "OFF" if throwaway_store else config.database.synchronous
+        rt.db = await Database.open(path, sync, inline=throwaway_store)
         try:
-            rt.inbox_db = await open_inbox(config.database.path, config.database.synchronous)
+            rt.inbox_db = await open_inbox(path, sync, inline=throwaway_store)
             await adopt_legacy_inbox(rt.db, rt.inbox_db)
         except BaseException:
             await rt.db.close()
@@ -101,9 +107,7 @@ def create_app(
         rt.inbox = InboxWriter(rt.inbox_db, clock)
         rt.inbox.start()
         app[INBOX] = rt.inbox
-        log.info(
-            "store ready: %s (synchronous=%s)", config.database.path, config.database.synchronous
-        )
+        log.info("store ready: %s (synchronous=%s)", path, sync)
         yield
         await rt.inbox.close()
         await rt.inbox_db.close()

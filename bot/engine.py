@@ -193,6 +193,8 @@ class Engine:
         if self.flowset is None:
             return 0
         now = self._clock.now()
+        if not await runs.any_run_due(self._db.reader, now):
+            return 0  # most ticks: a read, not a write transaction that finds nothing
         async with self._db.transaction() as conn:
             due = await runs.due_runs(conn, now)
         for account_id, user_id, run in due:

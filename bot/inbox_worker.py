@@ -178,9 +178,12 @@ async def _first_seen(
     for i in range(0, len(keys), 400):
         chunk = keys[i : i + 400]
         values = ",".join("(?, ?)" for _ in chunk)
+        # One primary-key lookup per key; `(account_id, key) IN (VALUES ...)` of two or more
+        # keys scanned every event ever seen, every batch.
         for account_id, key in await fetch_all(
             conn,
-            f"SELECT account_id, key FROM events WHERE (account_id, key) IN (VALUES {values})",
+            f"SELECT e.account_id, e.key FROM (VALUES {values}) AS k"
+            " CROSS JOIN events AS e ON e.account_id = k.column1 AND e.key = k.column2",
             [x for k in chunk for x in k],
         ):
             new.pop((account_id, key), None)

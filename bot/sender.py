@@ -49,6 +49,7 @@ from bot.store.outbox import (
     Outcome,
     SendClass,
     SendKind,
+    any_past_deadline,
     claim_due,
     finish,
     in_flight,
@@ -56,9 +57,9 @@ from bot.store.outbox import (
     mark_sending,
     next_due_at,
     pending_past_deadline,
+    queue_status,
     release,
     release_leases,
-    sends_since,
     unclaim,
 )
 
@@ -150,19 +151,23 @@ class Sender:
         rules = self._profile.for_platform(account.platform)
         cap = hourly_cap(rules, send_class)
         reader = self._db.reader
-        in_second, oldest_in_second = await sends_since(
-            reader, account.id, send_class=None, since=now - SECOND
+        q = await queue_status(
+            reader,
+            account.id,
+            send_class=send_class,
+            now=now,
+            second=now - SECOND,
+            hour=None if cap is None else now - HOUR,
         )
-        room = rules.calls_per_second - in_second
+        room = rules.calls_per_second - q.in_second
         hour_room: int | None = None
-        oldest_in_hour: datetime | None = None
         if cap is not None:
-            in_hour, oldest_in_hour = await sends_since(
-                reader, account.id, send_class=send_class, since=now - HOUR
-            )
-            hour_room = cap - in_hour
+            hour_room = cap - q.in_hour
             room = min(room, hour_room)
         if room > 0:
+            if not q.due_now:
+                # Nothing to claim: no write transaction; wake when the next row falls due.
+                return 0, q.next_due
             async with self._db.transaction() as conn:
                 items = await claim_due(
                     conn,
@@ -188,9 +193,9 @@ class Sender:
         else:
             tried = 0
         # Capacity ran out: wake when the rolling hour (or second) frees a slot.
-        if hour_room is not None and hour_room - tried <= 0 and oldest_in_hour is not None:
-            return tried, oldest_in_hour + HOUR
-        return tried, (oldest_in_second or now) + SECOND
+        if hour_room is not None and hour_room - tried <= 0 and q.oldest_in_hour is not None:
+            return tried, q.oldest_in_hour + HOUR
+        return tried, (q.oldest_in_second or now) + SECOND
 
     # --- one send ------------------------------------------------------------------------
 
@@ -418,6 +423,8 @@ class Sender:
 
     async def _expire(self, now: datetime) -> None:
         """Rows whose stored deadline passed: re-decide (a user may have reopened the window)."""
+        if not await any_past_deadline(self._db.reader, now):
+            return  # most ticks: a read, not a write transaction that finds nothing
         async with self._db.transaction() as conn:
             for item in await pending_past_deadline(conn, now):
                 account = self._config.account(item.account_id)

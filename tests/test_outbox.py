@@ -17,8 +17,10 @@ ACCOUNT = "17841400000000001"
 # The index each query must search (a scan is allowed only of a partial index made for it).
 EXPECTED = {
     "claim_due": "outbox_pending_kind",
+    "queue_status": "outbox_pending_kind",
     "next_due_at": "outbox_pending_kind",
     "pending_past_deadline": "outbox_pending_deadline",
+    "any_past_deadline": "outbox_pending_deadline",
     "in_flight": "outbox_sending",
     "release_leases": "outbox_leased",
 }
@@ -51,10 +53,21 @@ async def test_every_hot_outbox_query_uses_its_index_and_none_scans_the_table(
                     owner="test",
                     lease_until=now + timedelta(minutes=2),
                 )
+                current[0] = "queue_status"
+                await outbox.queue_status(
+                    db.reader,
+                    ACCOUNT,
+                    send_class=send_class,
+                    now=now,
+                    second=now - timedelta(seconds=1),
+                    hour=now - timedelta(hours=1),
+                )
                 current[0] = "next_due_at"
                 await outbox.next_due_at(db.reader, ACCOUNT, send_class=send_class, after=now)
             current[0] = "pending_past_deadline"
             await outbox.pending_past_deadline(conn, now)
+            current[0] = "any_past_deadline"
+            await outbox.any_past_deadline(db.reader, now)
             current[0] = "in_flight"
             await outbox.in_flight(conn)
             current[0] = "release_leases"

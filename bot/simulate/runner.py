@@ -25,6 +25,7 @@ from bot.simulate.timeline import Timeline, TimelineLine
 from bot.simulator import Delivered, Simulator, SimulatorError, create_simulator_app
 from bot.simulator.payloads import encode, sign
 from bot.store.conversations import load_state, save_state
+from bot.store.db import fetch_all
 from bot.store.outbox import Outcome, SendKind, enqueue, log_send
 
 if TYPE_CHECKING:
@@ -154,14 +155,24 @@ class _Runner:
         round trips: a queued send, or a flow run due after the last tick (one due before it
         was offered to that tick already)."""
         after = -1 if ticked is None else to_ms(ticked)
-        sql = "SELECT min(due_at), NULL FROM flow_runs WHERE due_at >= ?"
+        sql = "SELECT min(due_at) FROM flow_runs WHERE due_at >= ?"
+        args: list[Any] = [after]
         if outbox:
+            # Each min() one lookup in an outbox index (outbox_pending_kind per account and
+            # kind, outbox_pending_deadline); a min() over all pending rows read every one.
+            for account in self.s.accounts:
+                for kind in SendKind:
+                    sql += (
+                        " UNION ALL SELECT min(due_at) FROM outbox WHERE state = 'pending'"
+                        " AND account_id = ? AND kind = ?"
+                    )
+                    args += [account.id, kind.value]
             sql += (
-                " UNION ALL SELECT min(due_at), min(deadline) FROM outbox WHERE state = 'pending'"
+                " UNION ALL SELECT min(deadline) FROM outbox WHERE state = 'pending'"
+                " AND deadline IS NOT NULL"
             )
-        async with self.db.reader.execute(sql, (after,)) as cur:
-            rows = await cur.fetchall()
-        times = [t for row in rows for t in row if t is not None]
+        rows = await fetch_all(self.db.reader, sql, args)
+        times = [row[0] for row in rows if row[0] is not None]
         return from_ms(min(times)) if times else None
 
     # -- user actions: Meta's side, delivered as signed, batched webhooks ------------------
@@ -400,6 +411,7 @@ async def run_scenario(
             profile=scenario.profile,
             start_workers=False,
             rng=random.Random(scenario.seed),
+            throwaway_store=True,
         )
         bot_runner, bot_url = await _serve(app)
         runners.append(bot_runner)

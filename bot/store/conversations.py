@@ -61,10 +61,12 @@ async def load_states(
     out = {k: ConversationState(platform=platforms[k[0]]) for k in keys}
     for chunk in _chunks(list(out), 400):
         values = ",".join("(?, ?)" for _ in chunk)
+        # The keys drive the join, one primary-key lookup each: `(account_id, user_id) IN
+        # (VALUES ...)` of two or more keys scanned the whole table, every batch.
         for account_id, user_id, state in await fetch_all(
             conn,
-            f"SELECT account_id, user_id, state FROM conversations"
-            f" WHERE (account_id, user_id) IN (VALUES {values})",
+            f"SELECT c.account_id, c.user_id, c.state FROM (VALUES {values}) AS k"
+            " CROSS JOIN conversations AS c ON c.account_id = k.column1 AND c.user_id = k.column2",
             [x for k in chunk for x in k],
         ):
             out[(account_id, user_id)] = from_dict(json.loads(state))

@@ -4,6 +4,9 @@ aiosqlite runs one thread per connection. Two writing connections would make SQL
 handler sleep-poll (1 ms to 100 ms steps), which wrecks webhook ack latency; so every write
 goes through one connection, and transactions take turns on an asyncio lock, which is fair
 and never polls. Readers (status, admin) get their own connection.
+
+`bot simulate`'s throwaway file opens `inline` instead: one plain sqlite3 connection called on
+the event loop (bot/store/inline.py), with no thread hop per call.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
 from bot.errors import StoreUnavailable
+from bot.store.inline import InlineConnection
 from bot.store.migrations import MIGRATIONS
 
 __all__ = ["Database", "fetch_all", "fetch_one"]
@@ -55,18 +59,32 @@ class Database:
 
     @classmethod
     async def open(
-        cls, path: Path, synchronous: str = "NORMAL", migrations: Sequence[str] = MIGRATIONS
+        cls,
+        path: Path,
+        synchronous: str = "NORMAL",
+        migrations: Sequence[str] = MIGRATIONS,
+        *,
+        inline: bool = False,
     ) -> Database:
+        """`inline`: SQLite runs on the event loop, not in aiosqlite's threads (bot/store/
+        inline.py); only for a throwaway file (`bot simulate`), where no ack waits on SQL."""
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
+        connect = _connect_inline if inline else _connect
         try:
-            writer = await aiosqlite.connect(path, isolation_level=None)
+            writer = await connect(path)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the database {path}: {exc}") from exc
         try:
             await _configure(writer, synchronous)
             await migrate(writer, migrations)
-            reader = await aiosqlite.connect(path, isolation_level=None)
+            if inline:
+                # One connection serves both. A transaction never yields to the loop here (no
+                # thread to wait for), so no read can run inside one and see it half done;
+                # and the one page cache stays warm, where a reader's is dropped at every
+                # commit of the other connection.
+                return cls(path, writer, writer)
+            reader = await connect(path)
             await _configure(reader, synchronous)
             await reader.execute("PRAGMA query_only = ON")
         except BaseException:
@@ -75,7 +93,8 @@ class Database:
         return cls(path, writer, reader)
 
     async def close(self) -> None:
-        await self._reader.close()
+        if self._reader is not self._writer:
+            await self._reader.close()
         await self._writer.close()
 
     @asynccontextmanager
@@ -104,8 +123,21 @@ class Database:
         return int(row[0]) if row else 0
 
 
+async def _connect(path: Path) -> aiosqlite.Connection:
+    return await aiosqlite.connect(path, isolation_level=None)
+
+
+async def _connect_inline(path: Path) -> aiosqlite.Connection:
+    conn = InlineConnection.connect(path)
+    # A month of 10,000 contacts is tens of MB: keep it in the page cache (64 MB at most).
+    await conn.execute("PRAGMA cache_size = -65536")
+    # Typed as what it stands in for: it has every method the store calls on one.
+    return cast(aiosqlite.Connection, conn)
+
+
 async def _configure(conn: aiosqlite.Connection, synchronous: str) -> None:
-    if synchronous not in {"NORMAL", "FULL"}:
+    # OFF only for `bot simulate`'s throwaway file: a crash there loses nothing anyone keeps.
+    if synchronous not in {"NORMAL", "FULL", "OFF"}:
         raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
     await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute(f"PRAGMA synchronous = {synchronous}")

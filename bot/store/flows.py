@@ -16,6 +16,7 @@ from bot.store.db import fetch_all, fetch_one
 
 __all__ = [
     "add_notes",
+    "any_run_due",
     "contact_view",
     "delete_run",
     "due_runs",
@@ -81,6 +82,16 @@ async def due_runs(
             (to_ms(now), limit),
         )
     ]
+
+
+async def any_run_due(conn: aiosqlite.Connection, now: datetime) -> bool:
+    """Whether `due_runs` has a row: one read, so a tick with no run due takes no write lock."""
+    row = await fetch_one(
+        conn,
+        "SELECT 1 FROM flow_runs WHERE due_at IS NOT NULL AND due_at <= ? LIMIT 1",
+        (to_ms(now),),
+    )
+    return row is not None
 
 
 async def next_run_due(conn: aiosqlite.Connection) -> datetime | None:

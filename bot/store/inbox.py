@@ -62,8 +62,8 @@ def inbox_path(main: Path) -> Path:
     return main.with_name(f"{main.stem}.inbox{main.suffix or '.sqlite3'}")
 
 
-async def open_inbox(main: Path, synchronous: str = "NORMAL") -> Database:
-    return await Database.open(inbox_path(main), synchronous, INBOX_MIGRATIONS)
+async def open_inbox(main: Path, synchronous: str = "NORMAL", *, inline: bool = False) -> Database:
+    return await Database.open(inbox_path(main), synchronous, INBOX_MIGRATIONS, inline=inline)
 
 
 async def adopt_legacy_inbox(main: Database, inbox: Database) -> int:

@@ -31,6 +31,8 @@ __all__ = [
     "QueueOrder",
     "SendClass",
     "SendKind",
+    "QueueStatus",
+    "any_past_deadline",
     "claim_due",
     "enqueue",
     "finish",
@@ -42,6 +44,7 @@ __all__ = [
     "mark_sending",
     "next_due_at",
     "pending_past_deadline",
+    "queue_status",
     "reconcile_echo",
     "release",
     "release_leases",
@@ -261,6 +264,65 @@ async def claim_due(
     return items
 
 
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """What the sender reads of one class before claiming: its caps' counts, whether a row is
+    due, and when the next one falls due."""
+
+    in_second: int  # the account's sends since `second` (the calls-per-second cap is shared)
+    oldest_in_second: datetime | None
+    in_hour: int  # the class's sends since `hour` (0 when not asked: no hourly cap)
+    oldest_in_hour: datetime | None
+    due_now: bool  # `claim_due` would lease a row now
+    next_due: datetime | None  # `next_due_at(after=now)`
+
+
+async def queue_status(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    *,
+    send_class: SendClass,
+    now: datetime,
+    second: datetime,
+    hour: datetime | None,
+) -> QueueStatus:
+    """`sends_since` for both caps, whether `claim_due` has a row, and `next_due_at`, in one
+    query: a tick runs this for every class, and most find nothing due, so they take no
+    write lock and need no other read."""
+    counted = "FROM send_log WHERE account_id = ? AND at > ? AND outcome IN ('sent', 'unknown')"
+    in_hour = (
+        "(SELECT 0 AS n, NULL AS oldest)"
+        if hour is None
+        else f"(SELECT count(*) AS n, min(at) AS oldest {counted} AND {kind_test(send_class)})"
+    )
+    row = await fetch_one(
+        conn,
+        "SELECT s.n, s.oldest, h.n, h.oldest, EXISTS (SELECT 1 FROM outbox"
+        f" WHERE state = 'pending' AND account_id = ? AND {kind_test(send_class)}"
+        " AND due_at <= ? AND (lease_until IS NULL OR lease_until <= ?)),"
+        f" ({_next_due_sql(send_class)})"
+        f" FROM (SELECT count(*) AS n, min(at) AS oldest {counted}) AS s, {in_hour} AS h",
+        (
+            account_id,
+            to_ms(now),
+            to_ms(now),
+            *_next_due_args(account_id, send_class, now),
+            account_id,
+            to_ms(second),
+            *(() if hour is None else (account_id, to_ms(hour))),
+        ),
+    )
+    assert row is not None
+    return QueueStatus(
+        in_second=int(row[0]),
+        oldest_in_second=None if row[1] is None else from_ms(row[1]),
+        in_hour=int(row[2]),
+        oldest_in_hour=None if row[3] is None else from_ms(row[3]),
+        due_now=bool(row[4]),
+        next_due=None if row[5] is None else from_ms(row[5]),
+    )
+
+
 async def mark_sending(conn: aiosqlite.Connection, item_id: int) -> None:
     """The Graph call for this row is about to leave: from here its outcome may be unknown."""
     await conn.execute(
@@ -453,19 +515,37 @@ async def pending_past_deadline(
     ]
 
 
+async def any_past_deadline(conn: aiosqlite.Connection, now: datetime) -> bool:
+    """Whether `pending_past_deadline` has a row: one read instead of a write transaction."""
+    row = await fetch_one(
+        conn,
+        "SELECT 1 FROM outbox WHERE state = 'pending' AND deadline IS NOT NULL"
+        " AND deadline <= ? LIMIT 1",
+        (to_ms(now),),
+    )
+    return row is not None
+
+
 async def next_due_at(
     conn: aiosqlite.Connection, account_id: str, *, send_class: SendClass, after: datetime
 ) -> datetime | None:
-    """When the account's next queued row in that class falls due (after `after`).
+    """When the account's next queued row in that class falls due (after `after`)."""
+    row = await fetch_one(
+        conn, _next_due_sql(send_class), _next_due_args(account_id, send_class, after)
+    )
+    return None if row is None or row[0] is None else from_ms(row[0])
 
-    One min() per kind: each is a single lookup in `outbox_pending_kind`, where a min() over
-    `kind IN (...)` would read every later row of the class.
-    """
+
+def _next_due_sql(send_class: SendClass) -> str:
+    """One min() per kind: each is a single lookup in `outbox_pending_kind`, where a min() over
+    `kind IN (...)` would read every later row of the class."""
     per_kind = " UNION ALL ".join(
         "SELECT min(due_at) AS due FROM outbox WHERE state = 'pending' AND account_id = ?"
         " AND kind = ? AND due_at > ?"
         for _ in send_class.kinds
     )
-    args = [a for k in send_class.kinds for a in (account_id, k.value, to_ms(after))]
-    row = await fetch_one(conn, f"SELECT min(due) FROM ({per_kind})", args)
-    return None if row is None or row[0] is None else from_ms(row[0])
+    return f"SELECT min(due) FROM ({per_kind})"
+
+
+def _next_due_args(account_id: str, send_class: SendClass, after: datetime) -> list[Any]:
+    return [a for k in send_class.kinds for a in (account_id, k.value, to_ms(after))]
