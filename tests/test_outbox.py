@@ -133,3 +133,16 @@ async def test_settling_a_send_by_its_echo_reads_no_table_whole(
             assert not [p for p in plan if p.startswith("SCAN")], f"{sql}: {plan}"
     finally:
         await db.close()
+
+
+async def test_saving_a_contact_finds_its_opt_in_tokens_by_index(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "bot.sqlite3")
+    try:
+        async with db.reader.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM optin_tokens WHERE account_id = ? AND user_id = ?",
+            (ACCOUNT, "u1"),
+        ) as cur:
+            plan = [str(r[3]) for r in await cur.fetchall()]
+        assert not [p for p in plan if p.startswith("SCAN")], plan
+    finally:
+        await db.close()

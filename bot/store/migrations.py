@@ -196,4 +196,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX send_log_unknown ON send_log (outbox_id) WHERE outcome = 'unknown';
     CREATE INDEX outbox_user ON outbox (account_id, user_id);
     """,
+    # 5: saving a contact's state rewrites its opt-in tokens, deleting them by contact first;
+    # without this every save scanned all of the account's tokens.
+    """
+    CREATE INDEX optin_tokens_user ON optin_tokens (account_id, user_id);
+    """,
 ]
