@@ -132,9 +132,10 @@ def _act(args: argparse.Namespace) -> int:
         print(f"bot sandbox: {exc} (is `bot sandbox` running?)", file=sys.stderr)
         return 2
     print(f"you ({args.user}) -> {args.action}: webhook answered {result.get('status')}")
-    deadline = time.monotonic() + args.wait
+    clock = SystemClock()
+    deadline = clock.monotonic() + args.wait
     shown = before
-    while time.monotonic() < deadline:
+    while clock.monotonic() < deadline:
         entries = _log(sim_url)
         for entry in entries[shown:]:
             _print_entry(entry)

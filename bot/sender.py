@@ -267,18 +267,7 @@ class Sender:
         now: datetime,
     ) -> None:
         await finish(conn, item.id, "sent")
-        await log_send(
-            conn,
-            at=now,
-            outcome=Outcome.SENT,
-            account_id=item.account_id,
-            user_id=item.user_id,
-            kind=item.kind,
-            outbox_id=item.id,
-            comment_id=item.comment_id,
-            basis=basis,
-            message_id=message_id,
-        )
+        await self._log(conn, item, Outcome.SENT, now, basis=basis, message_id=message_id)
         self._metrics.inc(
             "sends", kind=item.kind.value, basis=basis, help="messages Meta accepted"
         )
@@ -378,18 +367,7 @@ class Sender:
         detail: str,
     ) -> None:
         await finish(conn, item.id, "dropped")
-        await log_send(
-            conn,
-            at=self._clock.now(),
-            outcome=outcome,
-            account_id=item.account_id,
-            user_id=item.user_id,
-            kind=item.kind,
-            outbox_id=item.id,
-            comment_id=item.comment_id,
-            reason=str(reason),
-            detail=detail,
-        )
+        await self._log(conn, item, outcome, self._clock.now(), reason=str(reason), detail=detail)
         self._metrics.inc(
             "sends_dropped",
             outcome=outcome.value,
@@ -406,19 +384,36 @@ class Sender:
         exc: GraphError,
         now: datetime,
     ) -> None:
+        await self._log(
+            conn,
+            item,
+            outcome,
+            now,
+            reason=exc.error_class.value,
+            detail=exc.message,
+            error_code=exc.code,
+            error_subcode=exc.subcode,
+        )
+
+    async def _log(
+        self,
+        conn: aiosqlite.Connection,
+        item: OutboxItem,
+        outcome: Outcome,
+        at: datetime,
+        **fields: Any,
+    ) -> None:
+        """One send-log row about `item`: its identity, the outcome, and what else is known."""
         await log_send(
             conn,
-            at=now,
+            at=at,
             outcome=outcome,
             account_id=item.account_id,
             user_id=item.user_id,
             kind=item.kind,
             outbox_id=item.id,
             comment_id=item.comment_id,
-            reason=exc.error_class.value,
-            detail=exc.message,
-            error_code=exc.code,
-            error_subcode=exc.subcode,
+            **fields,
         )
 
     async def _expire(self, now: datetime) -> None:
@@ -500,15 +495,11 @@ class Sender:
                             conn, account, item, record_send(state, decision, now), now
                         )
                 await finish(conn, item.id, "unknown")
-                await log_send(
+                await self._log(
                     conn,
-                    at=now,
-                    outcome=Outcome.UNKNOWN,
-                    account_id=item.account_id,
-                    user_id=item.user_id,
-                    kind=item.kind,
-                    outbox_id=item.id,
-                    comment_id=item.comment_id,
+                    item,
+                    Outcome.UNKNOWN,
+                    now,
                     reason="in_flight_at_restart",
                     detail="the daemon stopped while this send was in flight; not resent",
                 )

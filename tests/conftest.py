@@ -193,11 +193,15 @@ class Stack:
                 return
 
     async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Rows from the main file, or from the inbox file for queries on the inbox table."""
-        db = self.rt.inbox_db if re.search(r"\bFROM inbox\b", sql) else self.rt.db
-        assert db is not None
-        async with db.reader.execute(sql, args) as cur:
-            return [tuple(r) for r in await cur.fetchall()]
+        return await query(self.rt, sql, *args)
+
+
+async def query(rt: Runtime, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows from the main file, or from the inbox file for queries on the inbox table."""
+    db = rt.inbox_db if re.search(r"\bFROM inbox\b", sql) else rt.db
+    assert db is not None
+    async with db.reader.execute(sql, args) as cur:
+        return [tuple(r) for r in await cur.fetchall()]
 
 
 async def make_stack(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from datetime import timedelta
 from typing import Any
 
@@ -25,17 +24,13 @@ from tests.conftest import (
     ig_comment,
     ig_dm,
     post_signed,
+    query,
     runtime,
 )
 
 
 async def rows(client: TestClient[Any, Any], sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Rows from the main file, or from the inbox file for queries on the inbox table."""
-    rt = runtime(client)
-    db = rt.inbox_db if re.search(r"\bFROM inbox\b", sql) else rt.db
-    assert db is not None
-    async with db.reader.execute(sql, args) as cur:
-        return [tuple(r) for r in await cur.fetchall()]
+    return await query(runtime(client), sql, *args)
 
 
 async def drain(client: TestClient[Any, Any]) -> int:
