@@ -10,6 +10,7 @@ through `bot simulate` in this process and prints the wall time.
     python bench/simulate.py                          # 10,000 contacts, 30 days
     python bench/simulate.py --contacts 2000 --days 7 --resolution 0s
     python bench/simulate.py --keep /tmp/month.yaml   # keep the generated scenario
+    python bench/simulate.py --http                   # bot and simulator over loopback HTTP
 
 Exit status: the simulator's (1 if Meta refused any send).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -123,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         "time (0s: at every instant something is due)",
     )
     parser.add_argument("--keep", type=Path, help="write the generated scenario here")
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="bot and simulator over loopback HTTP (`bot simulate --http`), not in process",
+    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -138,9 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         started = time.perf_counter()
-        code = bot(["simulate", str(path), "--summary"])
+        code = bot(["simulate", str(path), "--summary", *(["--http"] if args.http else [])])
         wall = time.perf_counter() - started
-    print(f"wall time: {wall:.1f} s (bot simulate, exit status {code})")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    link = "loopback HTTP" if args.http else "in process"
+    print(
+        f"wall time: {wall:.1f} s (bot simulate, {link}, exit status {code});"
+        f" peak RSS {peak:.0f} MB"
+    )
     return code
 
 

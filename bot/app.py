@@ -24,7 +24,7 @@ from bot.engine import Engine
 from bot.errors import ConfigError
 from bot.flows.flowset import FlowSet
 from bot.flows.loader import load_flowset
-from bot.graph import GraphClient
+from bot.graph import GraphClient, Transport
 from bot.inbox_worker import InboxWorker
 from bot.metrics import Metrics
 from bot.policy import PolicyProfile, load_profile
@@ -71,13 +71,15 @@ def create_app(
     start_workers: bool = True,
     rng: random.Random | None = None,
     throwaway_store: bool = False,
+    graph_transport: Transport | None = None,
 ) -> web.Application:
     """Build the daemon's app; `start_workers=False` leaves draining to the caller (tests).
 
     `rng` draws the retry jitter; `bot simulate` seeds it so a scenario with faults replays.
     `throwaway_store` is `bot simulate`'s: a temporary file nobody keeps through a crash, so
     SQLite runs on the loop (no thread hops) with `synchronous=OFF`. Never for the daemon,
-    whose acks must not wait for SQL.
+    whose acks must not wait for SQL. `graph_transport` replaces HTTP to the Graph API
+    (`bot simulate` calls its simulator in process).
     """
     clock = clock or SystemClock()
     if profile is None:
@@ -115,7 +117,7 @@ def create_app(
 
     async def http(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as session:
-            rt.graph = GraphClient(session, clock=clock)
+            rt.graph = GraphClient(graph_transport or session, clock=clock)
             yield
 
     async def workers(app: web.Application) -> AsyncIterator[None]:

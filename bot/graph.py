@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
@@ -38,6 +38,7 @@ __all__ = [
     "ErrorClass",
     "GraphClient",
     "GraphError",
+    "HttpTransport",
     "SendResult",
     "build_send_body",
     "classify",
@@ -45,6 +46,7 @@ __all__ = [
     "redact_url",
     "regain_access_after",
     "text_message",
+    "Transport",
 ]
 
 logger = logging.getLogger(__name__)
@@ -390,8 +392,52 @@ PROFILE_FIELDS: Mapping[Platform, tuple[str, ...]] = MappingProxyType(
 )
 
 
+class Transport(Protocol):
+    """Carries one request and brings back Meta's status, headers and raw body.
+
+    The daemon's is HTTP (`HttpTransport`). `bot simulate` hands requests to the Graph API
+    simulator in the same process (bot/simulator/local.py): the same bytes in and out, and a
+    dropped connection or timeout raised as aiohttp would, without the loopback HTTP that was
+    a fifth of a simulated month. Failures are aiohttp's exceptions or TimeoutError.
+    """
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        client_timeout: aiohttp.ClientTimeout,
+    ) -> tuple[int, Mapping[str, str], bytes]: ...
+
+
+class HttpTransport:
+    """Requests over a shared aiohttp session, owned by the caller."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        client_timeout: aiohttp.ClientTimeout,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        async with self._session.request(
+            method, url, params=params, data=body, headers=headers, timeout=client_timeout
+        ) as resp:
+            raw = await resp.read()
+            return resp.status, resp.headers, raw
+
+
 class GraphClient:
-    """Calls the Graph API for many accounts over one shared session, owned by the caller.
+    """Calls the Graph API for many accounts over one transport (an aiohttp session: HTTP).
 
     Instagram Login tokens go in `Authorization: Bearer`; Facebook Login (Page) tokens in the
     `access_token` query parameter, as Meta's Messenger examples do (POLICY.md §3).
@@ -399,13 +445,15 @@ class GraphClient:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        transport: aiohttp.ClientSession | Transport,
         *,
         clock: Clock,
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
     ) -> None:
-        self._session = session
+        if isinstance(transport, aiohttp.ClientSession):
+            transport = HttpTransport(transport)
+        self._transport = transport
         self._clock = clock
         # connect < total, so a total timeout only fires once the connection exists: the
         # request was (being) sent, which is what classify_transport assumes.
@@ -465,6 +513,11 @@ class GraphClient:
         """One request; the status and decoded JSON of a 2xx answer, else a GraphError."""
         query = dict(params or {})
         headers: dict[str, str] = {}
+        body: bytes | None = None
+        if json_body is not None:
+            # What aiohttp's `json=` sends, encoded here so every transport carries the same.
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
         if account.login == "facebook":
             query["access_token"] = account.token
         else:
@@ -472,17 +525,14 @@ class GraphClient:
         log_url = redact_url(URL(url).update_query(query) if query else URL(url))
         started = self._clock.monotonic()
         try:
-            async with self._session.request(
+            status, resp_headers, raw = await self._transport.request(
                 method,
                 url,
                 params=query or None,
-                json=json_body,
+                body=body,
                 headers=headers,
-                timeout=self._timeout,
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-                resp_headers = resp.headers
+                client_timeout=self._timeout,
+            )
         except (TimeoutError, aiohttp.ClientError) as exc:
             error_class = classify_transport(exc, idempotent=idempotent)
             sent = "before" if _before_sending(exc) else "during"

@@ -18,7 +18,15 @@ from bot.errors import StoreUnavailable
 from bot.metrics import Metrics
 from bot.store.inbox import InboxWriter
 
-__all__ = ["INBOX", "WEBHOOK", "WebhookSettings", "add_routes", "signature_valid", "sign"]
+__all__ = [
+    "INBOX",
+    "WEBHOOK",
+    "WebhookSettings",
+    "accept",
+    "add_routes",
+    "signature_valid",
+    "sign",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +82,16 @@ async def receive(request: web.Request) -> web.StreamResponse:
         metrics.inc("webhook_rejected", reason="too_large", help="deliveries refused")
         log.warning("webhook body of %s bytes over the limit refused", request.content_length)
         raise
-    if not signature_valid(
-        app[WEBHOOK].app_secret, body, request.headers.get("X-Hub-Signature-256")
-    ):
+    return await accept(app, body, request.headers.get("X-Hub-Signature-256"))
+
+
+async def accept(app: web.Application, body: bytes, signature: str | None) -> web.Response:
+    """Check and store one delivery's raw bytes; the answer Meta gets.
+
+    `bot simulate` calls this in process with the bytes it signed, as a POST would carry them.
+    """
+    metrics = app[METRICS]
+    if not signature_valid(app[WEBHOOK].app_secret, body, signature):
         metrics.inc("webhook_rejected", reason="bad_signature", help="deliveries refused")
         log.warning(
             "webhook delivery with a missing or wrong signature refused (%d bytes)", len(body)

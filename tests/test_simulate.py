@@ -194,6 +194,19 @@ def test_every_scenario_file_has_a_test() -> None:
     assert {p.stem for p in SCENARIOS.glob("*.yaml")} == tested
 
 
+@pytest.mark.parametrize(
+    "name", ["pricing_reel", "support_weekend", "back_in_stock", "flash_sale", "story_windows"]
+)
+async def test_in_process_and_over_loopback_http_give_the_same_report(
+    name: str, tmp_path: Path
+) -> None:
+    scenario = load_scenario(SCENARIOS / f"{name}.yaml")
+    local = (await run_scenario(scenario, tmp_path / "local")).to_json()
+    http = (await run_scenario(scenario, tmp_path / "http", http=True)).to_json()
+    del local["summary"]["wall_seconds"], http["summary"]["wall_seconds"]
+    assert local["timeline"] and local == http
+
+
 # --- the referee and the exit status ---------------------------------------------------------
 
 

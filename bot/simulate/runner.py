@@ -1,12 +1,17 @@
 """Plays a scenario against the real bot: its app (webhook -> inbox -> engine -> outbox ->
-sender) and the Graph API simulator on loopback, on one `VirtualClock` that jumps from one due
-time to the next.
+sender) and the Graph API simulator, on one `VirtualClock` that jumps from one due time to the
+next.
+
+The two talk in process by default: the bot's Graph client calls the simulator's `answer` and
+signed deliveries go to the webhook's `accept`, the functions their HTTP handlers call. With
+`http=True` they talk over loopback HTTP instead, as the daemon does; the report is the same
+(tests/test_simulate.py compares them), and the run takes longer.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,10 +28,12 @@ from bot.simulate.report import Report, check_expectations
 from bot.simulate.scenario import BUSINESS_ACTIONS, OPTIN_KINDS, Action, Scenario
 from bot.simulate.timeline import Timeline, TimelineLine
 from bot.simulator import Delivered, Simulator, SimulatorError, create_simulator_app
+from bot.simulator.local import LocalTransport
 from bot.simulator.payloads import encode, sign
 from bot.store.conversations import load_state, save_state
 from bot.store.db import fetch_all
 from bot.store.outbox import Outcome, SendKind, enqueue, log_send
+from bot.webhook import accept
 
 if TYPE_CHECKING:
     from bot.app import Runtime
@@ -37,17 +44,18 @@ APP_SECRET = "simulate-app-secret"  # not a secret: both ends run in this proces
 # Meta batches up to 1000 changes per webhook POST (POLICY.md §2); so does the runner.
 MAX_ENTRIES_PER_POST = 1000
 
+# One signed delivery (body, X-Hub-Signature-256) to the bot's webhook; the HTTP status.
+Deliver = Callable[[bytes, str], Awaitable[int]]
+
 
 @dataclass(slots=True)
 class _World:
-    """The two apps on loopback and what the runner needs of them."""
+    """The two apps and what the runner needs of them."""
 
     clock: VirtualClock
     sim: Simulator
     config: Config
-    runners: list[web.AppRunner]
-    bot_url: str
-    session: aiohttp.ClientSession
+    deliver: Deliver
 
 
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -61,6 +69,34 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
         raise
     port = runner.addresses[0][1]
     return runner, f"http://127.0.0.1:{port}"
+
+
+async def _start(app: web.Application) -> web.AppRunner:
+    """The app's start-up (store, workers) without a server: it is called in process."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    try:
+        await runner.setup()  # the bot's app checks its flows here
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def _http_deliver(session: aiohttp.ClientSession, url: str) -> Deliver:
+    async def deliver(body: bytes, signature: str) -> int:
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature}
+        async with session.post(url, data=body, headers=headers) as r:
+            await r.read()
+            return r.status
+
+    return deliver
+
+
+def _local_deliver(app: web.Application) -> Deliver:
+    async def deliver(body: bytes, signature: str) -> int:
+        return (await accept(app, body, signature)).status
+
+    return deliver
 
 
 class _Runner:
@@ -259,14 +295,9 @@ class _Runner:
         for obj, entries in by_object.items():
             for k in range(0, len(entries), MAX_ENTRIES_PER_POST):
                 body = encode({"object": obj, "entry": entries[k : k + MAX_ENTRIES_PER_POST]})
-                headers = {
-                    "Content-Type": "application/json",
-                    "X-Hub-Signature-256": sign(APP_SECRET, body),
-                }
-                async with self.w.session.post(self.w.bot_url, data=body, headers=headers) as r:
-                    await r.read()
-                    if r.status != 200:
-                        raise ScenarioError(f"the bot's webhook answered {r.status} to a delivery")
+                status = await self.w.deliver(body, sign(APP_SECRET, body))
+                if status != 200:
+                    raise ScenarioError(f"the bot's webhook answered {status} to a delivery")
 
     async def _echoes(self) -> None:
         """Hold what Meta sends back after each accepted send, message echoes and the
@@ -358,10 +389,12 @@ async def run_scenario(
     *,
     notes: bool = False,
     resolution: timedelta | None = None,
+    http: bool = False,
 ) -> Report:
     """Run the scenario with its SQLite file in `data_dir`; the report says what happened.
 
-    `resolution` overrides the scenario's (see `_Runner.run`).
+    `resolution` overrides the scenario's (see `_Runner.run`); `http` plays over loopback
+    HTTP instead of in process (see the module's docstring).
     """
     from bot.app import RUNTIME, create_app
 
@@ -382,8 +415,10 @@ async def run_scenario(
     runners: list[web.AppRunner] = []
     session = aiohttp.ClientSession()
     try:
-        sim_runner, sim_url = await _serve(create_simulator_app(sim))
-        runners.append(sim_runner)
+        sim_url = "http://simulator.invalid"  # in process, the URL only names the endpoint
+        if http:
+            sim_runner, sim_url = await _serve(create_simulator_app(sim))
+            runners.append(sim_runner)
         config = config_from_mapping(
             {
                 "app_secret": APP_SECRET,
@@ -412,11 +447,16 @@ async def run_scenario(
             start_workers=False,
             rng=random.Random(scenario.seed),
             throwaway_store=True,
+            graph_transport=None if http else LocalTransport(sim),
         )
-        bot_runner, bot_url = await _serve(app)
+        if http:
+            bot_runner, bot_url = await _serve(app)
+            deliver = _http_deliver(session, f"{bot_url}{config.webhook_path}")
+        else:
+            bot_runner = await _start(app)
+            deliver = _local_deliver(app)
         runners.append(bot_runner)
-        world = _World(clock, sim, config, runners, f"{bot_url}{config.webhook_path}", session)
-        runner = _Runner(scenario, world, app[RUNTIME])
+        runner = _Runner(scenario, _World(clock, sim, config, deliver), app[RUNTIME])
         await runner.run(scenario.resolution if resolution is None else resolution)
         lines = await runner.collect(notes)
     finally:

@@ -1,7 +1,9 @@
-"""The Graph API side of the simulator: an aiohttp app that answers like Meta (POLICY.md §3, §5).
+"""The Graph API side of the simulator: it answers like Meta (POLICY.md §3, §5).
 
-Routes accept any version prefix (`/v21.0/...`) or none. `/_sim/*` routes are the control
-panel: the send log, faults, and user actions for driving a running bot by hand.
+`answer` takes one `GraphCall` and gives one `GraphAnswer`. Over HTTP, `create_simulator_app`
+serves it (routes accept any version prefix, `/v21.0/...`, or none); `bot simulate` calls it in
+process (bot/simulator/local.py), so both see exactly the same answers. `/_sim/*` routes are the
+control panel: the send log, faults, and user actions for driving a running bot by hand.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -22,7 +27,7 @@ from bot.simulator.faults import FaultKind
 from bot.simulator.rules import Reason, Refused, Verdict, refuse
 from bot.simulator.validate import parse_send
 
-__all__ = ["SIMULATOR", "create_simulator_app"]
+__all__ = ["SIMULATOR", "GraphAnswer", "GraphCall", "answer", "create_simulator_app"]
 
 _THROTTLE_CODES = {4, 17, 32, 613, 80002, 80006}
 _PROFILE_FIELDS = {
@@ -39,6 +44,31 @@ _PROFILE_FIELDS = {
     "locale",
     "timezone",
 }
+# /{id} or /{id}/{edge}, after an optional version: /v21.0/1784/messages.
+_PATH = re.compile(r"/(?:v\d+(?:\.\d+)?/)?(?P<id>[^/]+)(?:/(?P<edge>[^/]+))?/?")
+
+
+@dataclass(frozen=True, slots=True)
+class GraphCall:
+    """One request as Meta reads it: `headers` must look names up case-insensitively."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes = b""
+    content_type: str = ""  # the media type alone, without parameters
+
+
+@dataclass(frozen=True, slots=True)
+class GraphAnswer:
+    status: int
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    dropped: bool = False  # the connection closes without an answer (a fault)
+
+
+_DROPPED = GraphAnswer(0, dropped=True)
 
 
 def create_simulator_app(sim: Simulator) -> web.Application:
@@ -46,16 +76,56 @@ def create_simulator_app(sim: Simulator) -> web.Application:
     app[SIMULATOR] = sim
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_release_hung)
-    r = app.router
-    add_control_routes(r)
-    for prefix in (r"/{version:v\d+(?:\.\d+)?}", ""):
-        r.add_post(prefix + "/{id}/messages", _messages)
-        r.add_post(prefix + "/{id}/replies", _ig_public_reply)
-        r.add_post(prefix + "/{id}/comments", _fb_public_reply)
-        r.add_post(prefix + "/{id}/subscribed_apps", _subscribe)
-        r.add_get(prefix + "/{id}/subscribed_apps", _subscriptions)
-        r.add_get(prefix + "/{id}", _profile)
+    add_control_routes(app.router)
+    app.router.add_route("*", "/{path:.*}", _http)
     return app
+
+
+async def _http(request: web.Request) -> web.StreamResponse:
+    call = GraphCall(
+        request.method,
+        request.path,
+        request.query,
+        request.headers,
+        await request.read(),
+        request.content_type,
+    )
+    a = await answer(request.app[SIMULATOR], call)
+    if a.dropped:
+        # Close the connection without an answer: the client sees a disconnect.
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=500)
+    return web.Response(status=a.status, body=a.body, headers=a.headers)
+
+
+async def answer(sim: Simulator, call: GraphCall) -> GraphAnswer:
+    """Route one call to its endpoint, as Meta's Graph API does."""
+    m = _PATH.fullmatch(call.path)
+    if m is not None:
+        target, edge = m["id"], m["edge"]
+        if call.method == "POST":
+            if edge == "messages":
+                return await _messages(sim, call, target)
+            if edge in ("replies", "comments"):
+                return await _public_reply(sim, call, target, edge)
+            if edge == "subscribed_apps":
+                return await _subscribe(sim, call, target)
+        elif call.method == "GET":
+            if edge is None:
+                return await _profile(sim, call, target)
+            if edge == "subscribed_apps":
+                return _subscriptions(sim, call, target)
+    unknown = f"Unknown path components: {call.path}"
+    return _error(sim, refuse(Reason.BAD_PARAMETER, unknown, code=2500))
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> GraphAnswer:
+    return GraphAnswer(
+        status,
+        json.dumps(data).encode(),
+        {"Content-Type": "application/json; charset=utf-8", **(headers or {})},
+    )
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -73,7 +143,7 @@ async def _release_hung(app: web.Application) -> None:
 # -- the envelope ---------------------------------------------------------------------------
 
 
-def _error(sim: Simulator, r: Refused, account_id: str = "") -> web.Response:
+def _error(sim: Simulator, r: Refused, account_id: str = "") -> GraphAnswer:
     """Meta's error envelope; throttles carry X-Business-Use-Case-Usage (§5)."""
     message = r.message if r.message.startswith("(#") else f"(#{r.code}) {r.message}"
     err: dict[str, Any] = {"message": message, "type": "OAuthException", "code": r.code}
@@ -95,28 +165,29 @@ def _error(sim: Simulator, r: Refused, account_id: str = "") -> web.Response:
         kind = str(account.platform) if account else "messenger"
         usage_by_id = {account_id or "0": [{"type": kind, **usage}]}
         headers["X-Business-Use-Case-Usage"] = json.dumps(usage_by_id)
-    return web.json_response({"error": err}, status=r.http_status, headers=headers)
+    return _json({"error": err}, r.http_status, headers)
 
 
-async def _params(request: web.Request) -> dict[str, Any] | Refused:
+def _params(call: GraphCall) -> dict[str, Any] | Refused:
     """Query and body merged; JSON or form-encoded, like the Graph API accepts."""
-    params: dict[str, Any] = dict(request.query)
-    if request.can_read_body:
-        if request.content_type == "application/json":
+    params: dict[str, Any] = dict(call.query)
+    if call.body:
+        if call.content_type == "application/json":
             try:
-                body = await request.json()
+                body = json.loads(call.body)
             except ValueError:
                 return refuse(Reason.BAD_PARAMETER, "(#100) the body is not valid JSON")
             if not isinstance(body, dict):
                 return refuse(Reason.BAD_PARAMETER, "(#100) the body must be a JSON object")
             params.update(body)
-        else:
-            params.update((await request.post()).items())
+        elif call.content_type == "application/x-www-form-urlencoded":
+            form = call.body.decode("utf-8", errors="replace")
+            params.update(parse_qsl(form, keep_blank_values=True))
     return params
 
 
-def _token(request: web.Request, params: Mapping[str, Any]) -> str | None:
-    auth = request.headers.get("Authorization", "")
+def _token(call: GraphCall, params: Mapping[str, Any]) -> str | None:
+    auth = call.headers.get("Authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() in ("bearer", "oauth") and value.strip():
         return value.strip()
@@ -137,19 +208,12 @@ def _loggable(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _drop(request: web.Request) -> web.Response:
-    """Close the connection without an answer: the client sees a disconnect."""
-    if request.transport is not None:
-        request.transport.abort()
-    return web.Response(status=500)
-
-
 # -- faults -------------------------------------------------------------------------------
 
 
 async def _faulted(
-    request: web.Request, sim: Simulator, endpoint: str, account_id: str, body: dict[str, Any]
-) -> tuple[FaultKind | None, web.StreamResponse | None]:
+    sim: Simulator, endpoint: str, account_id: str, body: dict[str, Any]
+) -> tuple[FaultKind | None, GraphAnswer | None]:
     """Apply latency, then the fault picked for this call; a response ends the call here."""
     f = sim.faults
     if f.latency > 0:
@@ -193,9 +257,9 @@ async def _faulted(
         log(refuse(Reason.FAULT_TIMEOUT, "no answer (timeout fault)"), 0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(sim.closing.wait(), timeout=f.hang_seconds)
-        return kind, _drop(request)
+        return kind, _DROPPED
     log(refuse(Reason.FAULT_DROP, "connection dropped (drop fault)"), 0)
-    return kind, _drop(request)
+    return kind, _DROPPED
 
 
 def _log_verdict(
@@ -222,19 +286,17 @@ def _log_verdict(
 # -- Send API -------------------------------------------------------------------------------
 
 
-async def _messages(request: web.Request) -> web.StreamResponse:
-    sim = request.app[SIMULATOR]
-    account_id = request.match_info["id"]
-    params = await _params(request)
+async def _messages(sim: Simulator, call: GraphCall, account_id: str) -> GraphAnswer:
+    params = _params(call)
     body = _loggable(params) if isinstance(params, dict) else {}
-    fault, early = await _faulted(request, sim, "messages", account_id, body)
+    fault, early = await _faulted(sim, "messages", account_id, body)
     if early is not None:
         return early
     verdict: Verdict
     if isinstance(params, Refused):
         verdict = params
     else:
-        account = sim.model.authorize(account_id, _token(request, params))
+        account = sim.model.authorize(account_id, _token(call, params))
         if isinstance(account, Refused):
             verdict = account
         else:
@@ -257,22 +319,22 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             )
         )
     if fault is FaultKind.ACCEPT_THEN_DROP:
-        return _drop(request)
-    answer = {"recipient_id": verdict.user_id}
+        return _DROPPED
+    result = {"recipient_id": verdict.user_id}
     if mid:
-        answer["message_id"] = mid
-    return web.json_response(answer)
+        result["message_id"] = mid
+    return _json(result)
 
 
-async def _public_reply(request: web.Request, endpoint: str) -> web.StreamResponse:
+async def _public_reply(
+    sim: Simulator, call: GraphCall, comment_id: str, endpoint: str
+) -> GraphAnswer:
     """Instagram `/{comment}/replies`, Facebook `/{comment}/comments` (§3): no basis needed."""
-    sim = request.app[SIMULATOR]
-    comment_id = request.match_info["id"]
-    params = await _params(request)
+    params = _params(call)
     body = _loggable(params) if isinstance(params, dict) else {}
     comment = sim.model.comments.get(comment_id)
     account_id = comment.account_id if comment else ""
-    fault, early = await _faulted(request, sim, endpoint, account_id, body)
+    fault, early = await _faulted(sim, endpoint, account_id, body)
     if early is not None:
         return early
     verdict: Verdict
@@ -280,7 +342,7 @@ async def _public_reply(request: web.Request, endpoint: str) -> web.StreamRespon
     if isinstance(params, Refused):
         verdict = params
     else:
-        account = sim.model.authorize(account_id or "me", _token(request, params))
+        account = sim.model.authorize(account_id or "me", _token(call, params))
         want = "instagram" if endpoint == "replies" else "messenger"
         if isinstance(account, Refused):
             verdict = account
@@ -302,31 +364,21 @@ async def _public_reply(request: web.Request, endpoint: str) -> web.StreamRespon
     if sim.own_comment_webhooks:
         sim.spawn(sim.player.own_comment(account_id, sim.model.comments[reply_id]))
     if fault is FaultKind.ACCEPT_THEN_DROP:
-        return _drop(request)
-    return web.json_response({"id": reply_id})
-
-
-async def _ig_public_reply(request: web.Request) -> web.StreamResponse:
-    return await _public_reply(request, "replies")
-
-
-async def _fb_public_reply(request: web.Request) -> web.StreamResponse:
-    return await _public_reply(request, "comments")
+        return _DROPPED
+    return _json({"id": reply_id})
 
 
 # -- profiles and subscriptions -----------------------------------------------------------
 
 
-async def _profile(request: web.Request) -> web.StreamResponse:
-    sim = request.app[SIMULATOR]
-    target = request.match_info["id"]
-    params = await _params(request)
+async def _profile(sim: Simulator, call: GraphCall, target: str) -> GraphAnswer:
+    params = _params(call)
     if isinstance(params, Refused):
         return _error(sim, params)
-    _, early = await _faulted(request, sim, "profile", "", _loggable(params))
+    _, early = await _faulted(sim, "profile", "", _loggable(params))
     if early is not None:
         return early
-    owner = sim.model.authorize("me", _token(request, params))
+    owner = sim.model.authorize("me", _token(call, params))
     if isinstance(owner, Refused):
         return _error(sim, owner)
     fields = [f for f in str(params.get("fields") or "name,username").split(",") if f]
@@ -339,7 +391,7 @@ async def _profile(request: web.Request) -> web.StreamResponse:
             ),
         )
     if target in ("me", owner.id):
-        return web.json_response(
+        return _json(
             {"id": owner.id, "name": f"Account {owner.id}", "username": f"account{owner.id[-4:]}"}
         )
     if (owner.id, target) not in sim.model.contacts:
@@ -363,33 +415,31 @@ async def _profile(request: web.Request) -> web.StreamResponse:
         "locale": "en_US",
         "timezone": 0,
     }
-    return web.json_response({"id": p.user_id} | {f: values[f] for f in fields})
+    return _json({"id": p.user_id} | {f: values[f] for f in fields})
 
 
-async def _subscribe(request: web.Request) -> web.StreamResponse:
-    sim = request.app[SIMULATOR]
-    params = await _params(request)
+async def _subscribe(sim: Simulator, call: GraphCall, account_id: str) -> GraphAnswer:
+    params = _params(call)
     if isinstance(params, Refused):
         return _error(sim, params)
-    account = sim.model.authorize(request.match_info["id"], _token(request, params))
+    account = sim.model.authorize(account_id, _token(call, params))
     if isinstance(account, Refused):
         return _error(sim, account)
     raw = params.get("subscribed_fields") or ""
     fields = raw if isinstance(raw, list) else [f for f in str(raw).split(",") if f]
     sim.subscriptions[account.id] = [str(f) for f in fields]
-    return web.json_response({"success": True})
+    return _json({"success": True})
 
 
-async def _subscriptions(request: web.Request) -> web.StreamResponse:
-    sim = request.app[SIMULATOR]
-    account = sim.model.authorize(request.match_info["id"], _token(request, dict(request.query)))
+def _subscriptions(sim: Simulator, call: GraphCall, account_id: str) -> GraphAnswer:
+    account = sim.model.authorize(account_id, _token(call, dict(call.query)))
     if isinstance(account, Refused):
         return _error(sim, account)
     if account.id not in sim.subscriptions:
-        return web.json_response({"data": []})
+        return _json({"data": []})
     app = {
         "id": sim.app_id,
         "name": "comment-dm-bot",
         "subscribed_fields": sim.subscriptions[account.id],
     }
-    return web.json_response({"data": [app]})
+    return _json({"data": [app]})
