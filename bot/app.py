@@ -101,12 +101,13 @@ def create_app(
         sync = "OFF" if throwaway_store else config.database.synchronous
         rt.db = await Database.open(path, sync, inline=throwaway_store)
         try:
-            rt.inbox_db = await open_inbox(path, sync, inline=throwaway_store)
+            # Inline unless FULL: see bot/store/db.py (measured in docs/benchmarks.md).
+            rt.inbox_db = await open_inbox(path, sync, inline=sync != "FULL")
             await adopt_legacy_inbox(rt.db, rt.inbox_db)
         except BaseException:
             await rt.db.close()
             raise
-        rt.inbox = InboxWriter(rt.inbox_db, clock)
+        rt.inbox = InboxWriter(rt.inbox_db, clock, metrics=metrics)
         rt.inbox.start()
         app[INBOX] = rt.inbox
         log.info("store ready: %s (synchronous=%s)", path, sync)

@@ -55,8 +55,12 @@ def signature_valid(secret: bytes, body: bytes, header: str | None) -> bool:
     """HMAC-SHA256 of the raw bytes as received, compared in constant time (POLICY.md §2)."""
     if not header or not header.startswith("sha256="):
         return False
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header[7:].strip().lower())
+    try:
+        given = bytes.fromhex(header[7:].strip())
+    except ValueError:
+        return False
+    # The one-shot digest: half the cost of hmac.new(...).hexdigest() on every webhook.
+    return hmac.compare_digest(hmac.digest(secret, body, "sha256"), given)
 
 
 async def handshake(request: web.Request) -> web.StreamResponse:
@@ -75,11 +79,10 @@ async def handshake(request: web.Request) -> web.StreamResponse:
 
 async def receive(request: web.Request) -> web.StreamResponse:
     app = request.app
-    metrics = app[METRICS]
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        metrics.inc("webhook_rejected", reason="too_large", help="deliveries refused")
+        app[METRICS].inc("webhook_rejected", reason="too_large", help="deliveries refused")
         log.warning("webhook body of %s bytes over the limit refused", request.content_length)
         raise
     return await accept(app, body, request.headers.get("X-Hub-Signature-256"))
@@ -90,9 +93,8 @@ async def accept(app: web.Application, body: bytes, signature: str | None) -> we
 
     `bot simulate` calls this in process with the bytes it signed, as a POST would carry them.
     """
-    metrics = app[METRICS]
     if not signature_valid(app[WEBHOOK].app_secret, body, signature):
-        metrics.inc("webhook_rejected", reason="bad_signature", help="deliveries refused")
+        app[METRICS].inc("webhook_rejected", reason="bad_signature", help="deliveries refused")
         log.warning(
             "webhook delivery with a missing or wrong signature refused (%d bytes)", len(body)
         )
@@ -101,11 +103,10 @@ async def accept(app: web.Application, body: bytes, signature: str | None) -> we
         await app[INBOX].append(body)
     except StoreUnavailable as exc:
         # Nothing is acknowledged that was not stored: 503 makes Meta retry.
-        metrics.inc("webhook_rejected", reason="store_unavailable", help="deliveries refused")
+        app[METRICS].inc("webhook_rejected", reason="store_unavailable", help="deliveries refused")
         log.error("webhook delivery not stored, answered 503: %s", exc)
         return web.Response(status=503, text="try again")
-    metrics.inc("webhook_deliveries", help="deliveries stored")
-    return web.Response(text="EVENT_RECEIVED")
+    return web.Response(text="EVENT_RECEIVED")  # the writer counts webhook_deliveries
 
 
 def add_routes(app: web.Application, path: str) -> None:

@@ -5,8 +5,12 @@ handler sleep-poll (1 ms to 100 ms steps), which wrecks webhook ack latency; so 
 goes through one connection, and transactions take turns on an asyncio lock, which is fair
 and never polls. Readers (status, admin) get their own connection.
 
-`bot simulate`'s throwaway file opens `inline` instead: one plain sqlite3 connection called on
-the event loop (bot/store/inline.py), with no thread hop per call.
+A file can open `inline` instead: one plain sqlite3 connection called on the event loop
+(bot/store/inline.py), with no thread hop per call. `bot simulate`'s throwaway file does, and
+so does the daemon's inbox file with `synchronous=NORMAL`, where a commit is a write to the WAL
+in the page cache and never an fsync: there the threads cost more than the SQL (bench/ingest.py
+in docs/benchmarks.md). What would fsync on the loop is moved off it: the inline connection
+never checkpoints; a thread does, every `CHECKPOINT_EVERY` commits.
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ from bot.errors import StoreUnavailable
 from bot.store.inline import InlineConnection
 from bot.store.migrations import MIGRATIONS
 
-__all__ = ["Database", "fetch_all", "fetch_one"]
+__all__ = ["CHECKPOINT_EVERY", "Database", "fetch_all", "fetch_one"]
 
 log = logging.getLogger(__name__)
+
+# An inline WAL file is checkpointed in a thread after this many commits: an inbox batch
+# writes about six pages, so the WAL stays near SQLite's own default of 1000 pages.
+CHECKPOINT_EVERY = 150
 
 
 async def fetch_all(
@@ -51,11 +59,21 @@ async def fetch_one(
 
 
 class Database:
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        checkpointer: aiosqlite.Connection | None = None,
+    ):
         self.path = path
         self._writer = writer
         self._reader = reader
         self._lock = asyncio.Lock()  # FIFO-fair: writers take turns in arrival order
+        # Inline WAL files only: the thread that checkpoints, and commits since it last ran.
+        self._checkpointer = checkpointer
+        self._commits = 0
+        self._checkpoint: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -67,7 +85,9 @@ class Database:
         inline: bool = False,
     ) -> Database:
         """`inline`: SQLite runs on the event loop, not in aiosqlite's threads (bot/store/
-        inline.py); only for a throwaway file (`bot simulate`), where no ack waits on SQL."""
+        inline.py); never with `synchronous=FULL`, whose every commit is an fsync."""
+        if inline and synchronous == "FULL":
+            raise ValueError("an inline database would fsync on the event loop at every commit")
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         connect = _connect_inline if inline else _connect
@@ -83,7 +103,21 @@ class Database:
                 # thread to wait for), so no read can run inside one and see it half done;
                 # and the one page cache stays warm, where a reader's is dropped at every
                 # commit of the other connection.
-                return cls(path, writer, writer)
+                if synchronous == "OFF":
+                    return cls(path, writer, writer)
+                # WAL: a checkpoint fsyncs, so it runs in a thread, on a connection of its own
+                # (a PASSIVE checkpoint never blocks the writer). Another writer holding the
+                # file's lock makes a commit fail after a short wait, not stall the loop for
+                # seconds; only another process could, and the daemon runs none.
+                await writer.execute("PRAGMA wal_autocheckpoint = 0")
+                await writer.execute("PRAGMA busy_timeout = 50")
+                checkpointer = await _connect(path)
+                try:
+                    await _configure(checkpointer, synchronous)
+                except BaseException:
+                    await checkpointer.close()
+                    raise
+                return cls(path, writer, writer, checkpointer)
             reader = await connect(path)
             await _configure(reader, synchronous)
             await reader.execute("PRAGMA query_only = ON")
@@ -93,6 +127,10 @@ class Database:
         return cls(path, writer, reader)
 
     async def close(self) -> None:
+        if self._checkpoint is not None:
+            await self._checkpoint
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
         if self._reader is not self._writer:
             await self._reader.close()
         await self._writer.close()
@@ -112,6 +150,27 @@ class Database:
                 raise
             else:
                 await self._writer.execute("COMMIT")
+                if self._checkpointer is not None:
+                    self._committed()
+
+    def _committed(self) -> None:
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY and self._checkpoint is None:
+            self._commits = 0
+            self._checkpoint = asyncio.create_task(self._run_checkpoint(), name="checkpoint")
+
+    async def _run_checkpoint(self) -> None:
+        assert self._checkpointer is not None
+        try:
+            # Between two transactions, as SQLite's own autocheckpoint runs: a commit during
+            # it would leave the WAL never wholly copied under steady load, and SQLite only
+            # starts the WAL over once it is. The loop goes on meanwhile; writers wait.
+            async with self._lock:
+                await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # the next one tries again; the WAL only grows meanwhile
+            log.warning("checkpoint of %s failed: %s", self.path, exc)
+        finally:
+            self._checkpoint = None
 
     @property
     def reader(self) -> aiosqlite.Connection:

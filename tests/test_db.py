@@ -1,0 +1,77 @@
+"""The inline store: SQLite on the loop for the inbox (synchronous=NORMAL), with checkpoints
+moved to a thread and a short wait for a lock, so nothing there can stall the loop for long."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bot.store.db import CHECKPOINT_EVERY, Database
+from bot.store.inbox import INBOX_MIGRATIONS
+from tests.conftest import ig_comment, post_signed, query, runtime
+
+
+def _wal_size(path: Path) -> int:
+    return os.path.getsize(f"{path}-wal")
+
+
+async def _fill(db: Database, commits: int, row: bytes) -> None:
+    for _ in range(commits):
+        async with db.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO inbox (received_at, body) VALUES (?, ?)", [(1, row)] * 8
+            )
+        await asyncio.sleep(0)  # an inline commit never yields; the daemon's loop does
+
+
+async def test_an_inline_wal_file_is_checkpointed_by_a_thread_and_its_wal_stays_small(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "inbox.sqlite3"
+    db = await Database.open(path, "NORMAL", INBOX_MIGRATIONS, inline=True)
+    try:
+        row = b"x" * 2000  # about 4 pages a commit
+        await _fill(db, 20 * CHECKPOINT_EVERY, row)  # some 50 MB through the WAL
+        wal = _wal_size(path)
+        # Without the checkpointer the WAL would hold every page written (the inline
+        # connection never checkpoints itself): it is reused from its start instead.
+        assert wal < 8 * 1024 * 1024, wal
+        rows = await db.reader.execute_fetchall("SELECT count(*) FROM inbox")
+        assert list(rows)[0][0] == 20 * CHECKPOINT_EVERY * 8
+    finally:
+        await db.close()
+    with sqlite3.connect(path) as conn:  # everything is in the file once closed
+        assert (
+            conn.execute("SELECT count(*) FROM inbox").fetchone()[0] == 20 * CHECKPOINT_EVERY * 8
+        )
+
+
+async def test_no_inline_file_with_synchronous_full(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="fsync"):
+        await Database.open(tmp_path / "x.sqlite3", "FULL", INBOX_MIGRATIONS, inline=True)
+
+
+async def test_a_foreign_lock_on_the_inbox_gives_a_quick_503_and_the_retry_is_stored(
+    client: TestClient[Any, Any],
+) -> None:
+    db = runtime(client).inbox_db
+    assert db is not None
+    other = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process writing the inbox file
+        started = time.monotonic()
+        assert await post_signed(client, ig_comment("c1", "PRICING")) == 503
+        # The loop waited about busy_timeout (50 ms), not the 5 s of the threaded files.
+        assert time.monotonic() - started < 1.0
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert await post_signed(client, ig_comment("c1", "PRICING")) == 200
+    assert await query(runtime(client), "SELECT count(*) FROM inbox") == [(1,)]
