@@ -134,6 +134,7 @@ def create_app(
             metrics,
             wake=rt.inbox.committed,
             ingest_busy=rt.inbox.busy,
+            ingest_flooded=rt.inbox.flooded,
             on_commit=rt.wakeup.kick,
         )
         rt.sender = Sender(rt.db, clock, rt.graph, profile, config, metrics, rng=rng)

@@ -45,10 +45,12 @@ class InboxWorker:
         *,
         wake: asyncio.Event | None = None,
         ingest_busy: Callable[[], bool] = lambda: False,
+        ingest_flooded: Callable[[], bool] = lambda: False,
         on_commit: Callable[[], None] = lambda: None,
         batch: int = 32,
         poll_seconds: float = 1.0,
         busy_share: float = 0.25,
+        flood_share: float = 0.1,
         busy_hold: float = 0.004,
     ) -> None:
         self._db = db
@@ -61,7 +63,9 @@ class InboxWorker:
         self._poll = poll_seconds
         self._stopping = False
         self._ingest_busy = ingest_busy
+        self._ingest_flooded = ingest_flooded
         self._busy_share = busy_share
+        self._flood_share = flood_share
         self._busy_hold = busy_hold
         self._on_commit = on_commit
         self._size = batch  # deliveries per transaction now; smaller while webhooks pour in
@@ -81,10 +85,12 @@ class InboxWorker:
                     # makes a delivery safe). A webhook waits for the store while a batch
                     # holds it, so batches shrink until one holds it about `busy_hold`, and
                     # the worker takes at most `busy_share` of the loop, catching up when
-                    # webhooks ease. bench/ingest.py measures both sides.
+                    # webhooks ease; `flood_share` while acks queue up by the dozen, a rate
+                    # no worker keeps up with anyway (bench/ingest.py measures both sides).
                     per = spent / n
                     self._size = max(1, min(self._batch, int(self._busy_hold / per) or 1))
-                    await asyncio.sleep(spent * (1 - self._busy_share) / self._busy_share)
+                    share = self._flood_share if self._ingest_flooded() else self._busy_share
+                    await asyncio.sleep(spent * (1 - share) / share)
                 else:
                     self._size = self._batch
                 continue

@@ -117,6 +117,7 @@ class InboxWriter:
         self.committed = asyncio.Event()
         self._last_append = float("-inf")
         self._committing = False
+        self._last_batch = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="inbox-writer")
@@ -141,6 +142,14 @@ class InboxWriter:
             return True
         return self._clock.monotonic() - self._last_append < within
 
+    def flooded(self, batch: int = 8) -> bool:
+        """Whether acks queue up: the last group commit took `batch` or more deliveries.
+
+        Meta's webhooks at any rate a worker keeps up with commit one or two at a time;
+        dozens a commit means many connections waiting for their 200 at once.
+        """
+        return self.busy() and self._last_batch >= batch
+
     async def close(self) -> None:
         """Stop taking appends, commit what is queued, and end the writer task."""
         self._closing = True
@@ -156,6 +165,7 @@ class InboxWriter:
                 self._last_append = self._clock.monotonic()
                 batch = self._pending[: self._max_batch]
                 del self._pending[: len(batch)]
+                self._last_batch = len(batch)
                 self._committing = True
                 try:
                     await self._commit(batch)
