@@ -77,9 +77,10 @@ def create_app(
 
     `rng` draws the retry jitter; `bot simulate` seeds it so a scenario with faults replays.
     `throwaway_store` is `bot simulate`'s: a temporary file nobody keeps through a crash, so
-    SQLite runs on the loop (no thread hops) with `synchronous=OFF`. Never for the daemon,
-    whose acks must not wait for SQL. `graph_transport` replaces HTTP to the Graph API
-    (`bot simulate` calls its simulator in process).
+    the main file too runs on the loop (no thread hops) with `synchronous=OFF`. Never for the
+    daemon's main file, whose engine transactions acks must not wait behind; its inbox file
+    runs on the loop unless FULL (bot/store/db.py). `graph_transport` replaces HTTP to the
+    Graph API (`bot simulate` calls its simulator in process).
     """
     clock = clock or SystemClock()
     if profile is None:

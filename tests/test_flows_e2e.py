@@ -166,25 +166,43 @@ async def test_live_comment_story_reply_and_postback_triggers(extra: Stack) -> N
     assert extra.sim.refused() == []
 
 
-async def test_a_template_that_fails_at_runtime_sends_nothing_and_says_why(
-    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, clock: Any
-) -> None:
-    flows, templates = tmp_path / "f", tmp_path / "t"
-    flows.mkdir()
-    templates.mkdir()
-    (flows / "f.yaml").write_text(
-        "flows:\n  - id: f\n    trigger: {type: dm, keywords: [hello]}\n    steps:\n"
-        "      - {id: s, type: send, template: x.j2}\n"
-    )
-    # Renders with `bot check`'s sample data; fails on a real contact without a name.
-    (templates / "x.j2").write_text("Hello {{ contact.name.upper() }}, part one.")
-    s = await make_stack(
+async def own_flows_stack(
+    aiohttp_client: Any,
+    aiohttp_server: Any,
+    tmp_path: Path,
+    clock: Any,
+    flow_yaml: str,
+    templates: dict[str, str] | None = None,
+) -> Stack:
+    """A stack on one flow file and its templates, written for the test."""
+    flows_dir, templates_dir = tmp_path / "f", tmp_path / "t"
+    flows_dir.mkdir()
+    templates_dir.mkdir()
+    (flows_dir / "f.yaml").write_text(flow_yaml)
+    for name, text in (templates or {}).items():
+        (templates_dir / name).write_text(text)
+    return await make_stack(
         aiohttp_client,
         aiohttp_server,
         tmp_path,
         clock,
-        flows_dir=str(flows),
-        templates_dir=str(templates),
+        flows_dir=str(flows_dir),
+        templates_dir=str(templates_dir),
+    )
+
+
+async def test_a_template_that_fails_at_runtime_sends_nothing_and_says_why(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, clock: Any
+) -> None:
+    s = await own_flows_stack(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        clock,
+        "flows:\n  - id: f\n    trigger: {type: dm, keywords: [hello]}\n    steps:\n"
+        "      - {id: s, type: send, template: x.j2}\n",
+        # Renders with `bot check`'s sample data; fails on a real contact without a name.
+        {"x.j2": "Hello {{ contact.name.upper() }}, part one."},
     )
     try:
         await s.sim.player.dm(IG_ACCOUNT, "kim", "hello")
@@ -225,22 +243,15 @@ async def test_a_run_that_times_out_with_nothing_to_send_ends_and_fires_once(bot
 async def test_a_flow_that_only_tags_counts_as_started_for_its_cooldown(
     aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, clock: Any
 ) -> None:
-    flows, templates = tmp_path / "f", tmp_path / "t"
-    flows.mkdir()
-    templates.mkdir()
-    (flows / "f.yaml").write_text(
-        "flows:\n  - id: interested\n    trigger: {type: dm, keywords: [interested]}\n"
-        "    guards: {cooldown: 1d}\n    steps:\n"
-        "      - {id: mark, type: tag, tags: [warm]}\n"
-        "      - {id: unmark, type: untag, tags: [cold]}\n"
-    )
-    s = await make_stack(
+    s = await own_flows_stack(
         aiohttp_client,
         aiohttp_server,
         tmp_path,
         clock,
-        flows_dir=str(flows),
-        templates_dir=str(templates),
+        "flows:\n  - id: interested\n    trigger: {type: dm, keywords: [interested]}\n"
+        "    guards: {cooldown: 1d}\n    steps:\n"
+        "      - {id: mark, type: tag, tags: [warm]}\n"
+        "      - {id: unmark, type: untag, tags: [cold]}\n",
     )
     try:
         for _ in range(3):

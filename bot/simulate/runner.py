@@ -58,28 +58,26 @@ class _World:
     deliver: Deliver
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+async def _start(app: web.Application) -> web.AppRunner:
+    """The app's start-up (store, workers); in process, no server is needed."""
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
         await runner.setup()  # the bot's app checks its flows here
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
     except BaseException:
         await runner.cleanup()  # close what started (the database), or the process hangs
         raise
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
+    return runner
 
 
-async def _start(app: web.Application) -> web.AppRunner:
-    """The app's start-up (store, workers) without a server: it is called in process."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = await _start(app)
     try:
-        await runner.setup()  # the bot's app checks its flows here
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
     except BaseException:
         await runner.cleanup()
         raise
-    return runner
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
 
 
 def _http_deliver(session: aiohttp.ClientSession, url: str) -> Deliver:
@@ -413,7 +411,7 @@ async def run_scenario(
         own_comment_webhooks=False,
     )
     runners: list[web.AppRunner] = []
-    session = aiohttp.ClientSession()
+    session = aiohttp.ClientSession() if http else None
     try:
         sim_url = "http://simulator.invalid"  # in process, the URL only names the endpoint
         if http:
@@ -449,7 +447,7 @@ async def run_scenario(
             throwaway_store=True,
             graph_transport=None if http else LocalTransport(sim),
         )
-        if http:
+        if session is not None:
             bot_runner, bot_url = await _serve(app)
             deliver = _http_deliver(session, f"{bot_url}{config.webhook_path}")
         else:
@@ -462,7 +460,8 @@ async def run_scenario(
     finally:
         for r in reversed(runners):
             await r.cleanup()
-        await session.close()
+        if session is not None:
+            await session.close()
         await sim.close()
     results = check_expectations(scenario.expectations, lines)
     return Report(scenario, tuple(lines), results, wall.monotonic() - started)
