@@ -32,7 +32,7 @@ from bot.scheduler import ClockWakeup, SchedulerWakeup, Wakeup
 from bot.sender import Sender
 from bot.store.db import Database
 from bot.store.inbox import InboxWriter, adopt_legacy_inbox, inbox_counts, open_inbox
-from bot.webhook import INBOX, METRICS, WEBHOOK, WebhookSettings, add_routes
+from bot.webhook import INBOX, METRICS, WEBHOOK, Signer, WebhookSettings, add_routes
 
 __all__ = ["Runtime", "RUNTIME", "create_app"]
 
@@ -92,7 +92,7 @@ def create_app(
     app[RUNTIME] = rt
     app[METRICS] = metrics
     app[WEBHOOK] = WebhookSettings(
-        app_secret=config.app_secret.encode(),
+        signer=Signer(config.app_secret.encode()),
         verify_token=config.verify_token,
         path=config.webhook_path,
     )

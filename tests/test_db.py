@@ -96,3 +96,65 @@ async def test_the_writer_reports_a_flood_when_acks_queue_up_by_the_dozen(tmp_pa
     finally:
         await writer.close()
         await db.close()
+
+
+def _ephemeral_tables(path: Path, sql: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return [row[1] for row in conn.execute(f"EXPLAIN {sql}")].count("OpenEphemeral")
+
+
+async def test_state_checks_are_rewritten_in_place_and_still_refuse_other_states(
+    tmp_path: Path,
+) -> None:
+    # A file as the previous version left it: only the first inbox migration, with rows.
+    path = tmp_path / "inbox.sqlite3"
+    old = await Database.open(path, "NORMAL", INBOX_MIGRATIONS[:1], inline=True)
+    async with old.transaction() as conn:
+        await conn.executemany(
+            "INSERT INTO inbox (received_at, body, state) VALUES (?, ?, ?)",
+            [(1, b"a", "new"), (2, b"b", "done"), (3, b"c", "bad")],
+        )
+    await old.close()
+    insert = "INSERT INTO inbox (received_at, body) VALUES (1, x'00')"
+    # The IN list is a temporary b-tree built for every row written: what migration 2 removes.
+    assert _ephemeral_tables(path, insert) == 1
+
+    db = await Database.open(path, "NORMAL", INBOX_MIGRATIONS, inline=True)
+    try:
+        assert await db.schema_version() == len(INBOX_MIGRATIONS)
+        async with db.transaction() as conn:
+            await conn.execute(insert)
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            async with db.transaction() as conn:
+                await conn.execute("UPDATE inbox SET state = 'lost' WHERE id = 1")
+    finally:
+        await db.close()
+    assert _ephemeral_tables(path, insert) == 0
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        states = conn.execute("SELECT state FROM inbox ORDER BY id").fetchall()
+        assert [s for (s,) in states] == ["new", "done", "bad", "new"]
+
+    # The main file's outbox, from an empty file, gets the same treatment (migration 7).
+    main = await Database.open(tmp_path / "bot.sqlite3")
+    await main.close()
+    outbox_update = "UPDATE outbox SET state = 'sent' WHERE id = 1"
+    assert _ephemeral_tables(tmp_path / "bot.sqlite3", outbox_update) == 0
+    with sqlite3.connect(tmp_path / "bot.sqlite3") as conn:
+        conn.execute(
+            "INSERT INTO outbox (account_id, kind, intent, body, due_at, created_at)"
+            " VALUES ('a', 'dm', 'reply', '{}', 0, 0)"
+        )
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            conn.execute("UPDATE outbox SET state = 'maybe' WHERE id = 1")
+
+
+async def test_a_state_check_rewrite_refuses_a_file_it_does_not_know(tmp_path: Path) -> None:
+    from bot.errors import StoreUnavailable
+
+    path = tmp_path / "inbox.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE inbox (id INTEGER PRIMARY KEY, state TEXT)")
+        conn.execute("PRAGMA user_version = 1")
+    with pytest.raises(StoreUnavailable, match="does not have the constraint"):
+        await Database.open(path, "NORMAL", INBOX_MIGRATIONS, inline=True)

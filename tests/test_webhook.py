@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from datetime import timedelta
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bot.clock import VirtualClock, from_ms
 from bot.policy import ConversationState
 from bot.simulator import Simulator
 from bot.store.conversations import load_state
 from bot.store.migrations import MIGRATIONS
-from bot.webhook import sign
+from bot.webhook import Signer, sign, signature_valid
 from tests.conftest import (
     APP_SECRET,
     FB_PAGE,
@@ -90,6 +93,20 @@ async def test_missing_or_wrong_signature_is_refused_and_nothing_is_stored(
         assert resp.status == 403
     assert await rows(client, "SELECT count(*) FROM inbox") == [(0,)]
     assert runtime(client).metrics.get("webhook_rejected", reason="bad_signature") == 4
+
+
+@given(secret=st.binary(max_size=200), body=st.binary(max_size=3000))
+def test_the_signer_computes_exactly_hmac_sha256(secret: bytes, body: bytes) -> None:
+    # Keys longer than SHA-256's 64-byte block are hashed first, as RFC 2104 says.
+    expected = hmac.digest(secret, body, "sha256")
+    assert Signer(secret).digest(body) == expected
+    assert signature_valid(Signer(secret), body, "sha256=" + expected.hex())
+    assert not signature_valid(Signer(secret + b"x"), body, "sha256=" + expected.hex())
+    assert "sha256=" + expected.hex() == sign(secret, body)
+
+
+def test_the_signer_never_shows_its_key_state() -> None:
+    assert repr(Signer(APP_SECRET.encode())) == "Signer()"
 
 
 async def test_signature_is_checked_over_the_raw_bytes_not_reserialised_json(

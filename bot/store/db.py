@@ -28,7 +28,7 @@ import aiosqlite
 
 from bot.errors import StoreUnavailable
 from bot.store.inline import InlineConnection
-from bot.store.migrations import MIGRATIONS
+from bot.store.migrations import MIGRATIONS, Migration, RewriteCheck
 
 __all__ = ["CHECKPOINT_EVERY", "Database", "fetch_all", "fetch_one"]
 
@@ -80,7 +80,7 @@ class Database:
         cls,
         path: Path,
         synchronous: str = "NORMAL",
-        migrations: Sequence[str] = MIGRATIONS,
+        migrations: Sequence[Migration] = MIGRATIONS,
         *,
         inline: bool = False,
     ) -> Database:
@@ -214,7 +214,7 @@ async def _configure(conn: aiosqlite.Connection, synchronous: str) -> None:
     await conn.execute("PRAGMA foreign_keys = ON")
 
 
-async def migrate(conn: aiosqlite.Connection, migrations: Sequence[str] = MIGRATIONS) -> int:
+async def migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
     """Apply every migration newer than the file's `user_version`, each in its own transaction."""
     async with conn.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
@@ -227,8 +227,11 @@ async def migrate(conn: aiosqlite.Connection, migrations: Sequence[str] = MIGRAT
     for number, script in enumerate(migrations[version:], start=version + 1):
         await conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(script):
-                await conn.execute(statement)
+            if isinstance(script, RewriteCheck):
+                await _rewrite_check(conn, script)
+            else:
+                for statement in _statements(script):
+                    await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version = {number}")
         except BaseException:
             await conn.execute("ROLLBACK")
@@ -236,6 +239,35 @@ async def migrate(conn: aiosqlite.Connection, migrations: Sequence[str] = MIGRAT
         await conn.execute("COMMIT")
         log.info("database migrated to schema version %d", number)
     return len(migrations)
+
+
+async def _rewrite_check(conn: aiosqlite.Connection, change: RewriteCheck) -> None:
+    """Swap one CHECK clause in the table's stored CREATE statement, inside the caller's
+    transaction; a new `schema_version` makes every connection read the schema again."""
+    async with conn.execute(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (change.table,)
+    ) as cur:
+        row = await cur.fetchone()
+    sql = str(row[0]) if row else ""
+    if change.old not in sql:
+        if change.new in sql:
+            return
+        raise StoreUnavailable(
+            f"table {change.table!r} does not have the constraint this migration replaces"
+            f" ({change.old}): the file was not made by this bot"
+        )
+    async with conn.execute("PRAGMA schema_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    await conn.execute("PRAGMA writable_schema = ON")
+    try:
+        await conn.execute(
+            "UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = ?",
+            (sql.replace(change.old, change.new), change.table),
+        )
+        await conn.execute(f"PRAGMA schema_version = {version + 1}")
+    finally:
+        await conn.execute("PRAGMA writable_schema = OFF")
 
 
 def _statements(script: str) -> list[str]:

@@ -26,6 +26,7 @@ from bot.clock import Clock, to_ms
 from bot.errors import StoreUnavailable
 from bot.metrics import Metrics
 from bot.store.db import Database, fetch_all
+from bot.store.migrations import INBOX_STATE_CHECK, Migration
 
 __all__ = [
     "INBOX_MIGRATIONS",
@@ -42,7 +43,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # The inbox file's own migrations (`PRAGMA user_version` counts them as for the main file).
-INBOX_MIGRATIONS: list[str] = [
+INBOX_MIGRATIONS: list[Migration] = [
     """
     CREATE TABLE inbox (
         id INTEGER PRIMARY KEY,
@@ -55,6 +56,8 @@ INBOX_MIGRATIONS: list[str] = [
     );
     CREATE INDEX inbox_new ON inbox (id) WHERE state = 'new';
     """,
+    # 2: every append paid for a temporary b-tree of the state list (INBOX_STATE_CHECK).
+    INBOX_STATE_CHECK,
 ]
 
 

@@ -6,7 +6,36 @@ since the epoch, UTC.
 
 from __future__ import annotations
 
-MIGRATIONS: list[str] = [
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteCheck:
+    """A CHECK constraint of `table` replaced by one that accepts exactly the same values.
+
+    Done in place, by SQLite's own procedure for constraint changes that leave the stored
+    rows as they are (sqlite.org/lang_altertable.html, "Making Other Kinds Of Table Schema
+    Changes": `writable_schema`, then a new `schema_version`), so it costs the same on a file
+    of a million rows as on an empty one; rebuilding the table would copy every row.
+    """
+
+    table: str
+    old: str
+    new: str
+
+
+Migration = str | RewriteCheck
+
+# `state IN ('a', 'b', ...)` in a CHECK makes SQLite build a temporary b-tree of the list for
+# every row it writes (OpenEphemeral in EXPLAIN): 1.4 of 3.3 us per inbox insert here. The
+# same test written with OR compares in place.
+INBOX_STATE_CHECK = RewriteCheck(
+    "inbox",
+    "CHECK (state IN ('new', 'done', 'bad'))",
+    "CHECK (state = 'new' OR state = 'done' OR state = 'bad')",
+)
+
+MIGRATIONS: list[Migration] = [
     # 1: the inbox, event de-duplication, contacts and conversation state, the outbox, send log.
     """
     CREATE TABLE inbox (
@@ -209,4 +238,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX send_log_caps ON send_log (account_id, at, kind, outcome);
     DROP INDEX send_log_account_at;
     """,
+    # 7: the outbox's state check without a temporary b-tree per written row (INBOX_STATE_CHECK
+    # says why). The main file's own inbox table is left as it is: nothing writes it any more.
+    RewriteCheck(
+        "outbox",
+        "CHECK (state IN ('pending', 'sending', 'sent', 'dropped', 'unknown'))",
+        "CHECK (state = 'pending' OR state = 'sending' OR state = 'sent'"
+        " OR state = 'dropped' OR state = 'unknown')",
+    ),
 ]
