@@ -52,6 +52,7 @@ class InboxWorker:
         busy_share: float = 0.25,
         flood_share: float = 0.1,
         busy_hold: float = 0.004,
+        max_yield: float = 0.5,
     ) -> None:
         self._db = db
         self._inbox = inbox
@@ -67,6 +68,7 @@ class InboxWorker:
         self._busy_share = busy_share
         self._flood_share = flood_share
         self._busy_hold = busy_hold
+        self._max_yield = max_yield
         self._on_commit = on_commit
         self._size = batch  # deliveries per transaction now; smaller while webhooks pour in
 
@@ -90,7 +92,9 @@ class InboxWorker:
                     per = spent / n
                     self._size = max(1, min(self._batch, int(self._busy_hold / per) or 1))
                     share = self._flood_share if self._ingest_flooded() else self._busy_share
-                    await asyncio.sleep(spent * (1 - share) / share)
+                    # At most `max_yield`: one batch stalled for seconds (a slow disk, a paused
+                    # VM or process) must not idle the worker ten times as long after it.
+                    await asyncio.sleep(min(spent * (1 - share) / share, self._max_yield))
                 else:
                     self._size = self._batch
                 continue

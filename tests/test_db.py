@@ -4,6 +4,7 @@ moved to a thread and a short wait for a lock, so nothing there can stall the lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import time
@@ -158,3 +159,54 @@ async def test_a_state_check_rewrite_refuses_a_file_it_does_not_know(tmp_path: P
         conn.execute("PRAGMA user_version = 1")
     with pytest.raises(StoreUnavailable, match="does not have the constraint"):
         await Database.open(path, "NORMAL", INBOX_MIGRATIONS, inline=True)
+
+
+async def test_a_batch_that_stalled_does_not_idle_the_worker_for_ten_times_as_long(
+    tmp_path: Path,
+) -> None:
+    from bot.inbox_worker import InboxWorker
+    from bot.metrics import Metrics
+    from tests.conftest import body_of
+
+    clock = VirtualClock()
+    main = await Database.open(tmp_path / "bot.sqlite3")
+    inbox = await Database.open(tmp_path / "bot.inbox.sqlite3", "NORMAL", INBOX_MIGRATIONS)
+    handled: list[int] = []
+
+    class StallingSink:
+        async def handle(self, conn: Any, events: Any) -> None:
+            handled.append(len(events))
+            clock.advance(timedelta(seconds=30))  # this batch took 30 s
+
+    async with inbox.transaction() as conn:
+        await conn.executemany(
+            "INSERT INTO inbox (received_at, body) VALUES (?, ?)",
+            [(1, body_of(ig_comment(f"c{i}", "PRICING", user=f"u{i}"))) for i in range(2)],
+        )
+    # Webhooks pour in all along, so the worker yields after each one-delivery batch.
+    worker = InboxWorker(
+        main,
+        inbox,
+        clock,
+        StallingSink(),
+        Metrics(),
+        batch=1,
+        ingest_busy=lambda: True,
+        ingest_flooded=lambda: True,
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        # Uncapped, 30 s at a 10% share would idle it 270 s before the second delivery.
+        for _ in range(300):
+            if len(handled) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert handled == [1, 1]
+    finally:
+        worker.stop()
+        if not (await asyncio.wait({task}, timeout=2))[0]:
+            task.cancel()  # still in its long idle: the failure above says enough
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await main.close()
+        await inbox.close()
