@@ -168,11 +168,15 @@ def inbox_file(db: str) -> str:
     return str(inbox_path(Path(db)))
 
 
-def unprocessed(db: str) -> int:
+def inbox_rows(db: str, where: str = "1") -> int:
     import sqlite3
 
     with sqlite3.connect(inbox_file(db)) as conn:
-        return int(conn.execute("SELECT count(*) FROM inbox WHERE state = 'new'").fetchone()[0])
+        return int(conn.execute(f"SELECT count(*) FROM inbox WHERE {where}").fetchone()[0])
+
+
+def unprocessed(db: str) -> int:
+    return inbox_rows(db, "state = 'new'")
 
 
 def wait_drained(db: str, limit: float) -> float:
@@ -209,7 +213,7 @@ class Server:
     def __init__(
         self, kind: str, sync: str, graph_url: str, db: str, wrap: Sequence[str] = ()
     ) -> None:
-        self.kind, self.db = kind, db
+        self.db = db
         self.port = free_port()
         self.proc = subprocess.Popen(
             [*wrap, sys.executable, __file__, "--serve", kind, "--port", str(self.port)]
@@ -237,10 +241,7 @@ class Server:
             self.proc.wait()
 
     def stored(self) -> int:
-        import sqlite3
-
-        with sqlite3.connect(inbox_file(self.db)) as conn:
-            return int(conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
+        return inbox_rows(self.db)
 
 
 def wrk(
