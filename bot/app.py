@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from bot.clock import Clock, SystemClock
+from bot.clock import Clock, SystemClock, to_ms
 from bot.config import Config
 from bot.dispatch import Dispatcher
 from bot.engine import Engine
@@ -31,7 +31,7 @@ from bot.policy import PolicyProfile, load_profile
 from bot.scheduler import ClockWakeup, SchedulerWakeup, Wakeup
 from bot.sender import Sender
 from bot.store.db import Database
-from bot.store.inbox import InboxWriter, adopt_legacy_inbox, inbox_counts, open_inbox
+from bot.store.inbox import InboxWriter, adopt_legacy_inbox, inbox_backlog, open_inbox
 from bot.webhook import INBOX, METRICS, WEBHOOK, Signer, WebhookSettings, add_routes
 
 __all__ = ["Runtime", "RUNTIME", "create_app"]
@@ -254,7 +254,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     if rt.inbox_db is None:
         return web.json_response({"status": "starting"}, status=503)
-    counts = await inbox_counts(rt.inbox_db)
+    counts = await inbox_backlog(rt.inbox_db, to_ms(rt.clock.now()))
     status = 200 if not rt.dead else 503
     return web.json_response(
         {"status": "ok" if status == 200 else "degraded", "inbox": counts, "dead_tasks": rt.dead},

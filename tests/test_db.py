@@ -16,7 +16,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bot.clock import VirtualClock
-from bot.store.db import CHECKPOINT_EVERY, Database
+from bot.errors import StoreUnavailable
+from bot.store.db import CHECKPOINT_EVERY, Database, fetch_all
 from bot.store.inbox import INBOX_MIGRATIONS, InboxWriter
 from tests.conftest import ig_comment, post_signed, query, runtime
 
@@ -79,6 +80,24 @@ async def test_a_foreign_lock_on_the_inbox_gives_a_quick_503_and_the_retry_is_st
         other.close()
     assert await post_signed(client, ig_comment("c1", "PRICING")) == 200
     assert await query(runtime(client), "SELECT count(*) FROM inbox") == [(1,)]
+
+
+async def test_the_writer_stores_the_exact_bytes_as_a_blob(tmp_path: Path) -> None:
+    # Meta signs the raw bytes; they are stored as they came, whatever they hold (not text).
+    clock = VirtualClock()
+    db = await Database.open(tmp_path / "inbox.sqlite3", "NORMAL", INBOX_MIGRATIONS, inline=True)
+    writer = InboxWriter(db, clock)
+    with pytest.raises(StoreUnavailable):  # not started: refused, never a hang
+        await writer.append(b"{}")
+    writer.start()
+    bodies = [b'{"a": "\xc3\xa9"}', b"\xff\xfe not utf-8", b""]
+    try:
+        await asyncio.gather(*(writer.append(b) for b in bodies))
+    finally:
+        await writer.close()
+    rows = [tuple(r) for r in await fetch_all(db.reader, "SELECT typeof(body), body FROM inbox")]
+    await db.close()
+    assert rows == [("blob", b) for b in bodies]
 
 
 async def test_the_writer_reports_a_flood_when_acks_queue_up_by_the_dozen(tmp_path: Path) -> None:

@@ -133,6 +133,32 @@ async def test_signed_body_that_is_not_json_is_kept_answered_200_and_shown_to_th
     assert "bot_deliveries_bad_total 2" in await (await client.get("/metrics")).text()
 
 
+async def test_healthz_reports_the_backlog_from_indexes_without_reading_the_whole_inbox(
+    client: TestClient[Any, Any], clock: VirtualClock
+) -> None:
+    assert await post_signed(client, b"{not json") == 200
+    await drain(client)
+    rt = runtime(client)
+    assert rt.inbox_db is not None
+    statements: list[str] = []
+    # The thread's connection, not the loop's: a scan there would hold up every ack.
+    await rt.inbox_db.background.set_trace_callback(statements.append)
+    for i in range(3):
+        assert await post_signed(client, ig_comment(f"c{i}", "PRICING", user=f"u{i}")) == 200
+    clock.advance(timedelta(seconds=90))
+    health = await (await client.get("/healthz")).json()
+    assert health["inbox"] == {"new": 3, "bad": 1, "oldest_new_age_s": 90.0}
+    await rt.inbox_db.background.set_trace_callback(None)
+    assert statements, "the health check's counts ran on the loop's connection"
+    for sql in statements:
+        async with rt.inbox_db.background.execute(f"EXPLAIN QUERY PLAN {sql}") as cur:
+            plan = [str(r[3]) for r in await cur.fetchall()]
+        assert not [step for step in plan if step.startswith("SCAN inbox") and "INDEX" not in step]
+    await drain(client)
+    health = await (await client.get("/healthz")).json()
+    assert health["inbox"] == {"new": 0, "bad": 1, "oldest_new_age_s": None}
+
+
 async def test_unknown_object_and_field_are_stored_and_ignored_without_a_crash(
     client: TestClient[Any, Any],
 ) -> None:

@@ -179,6 +179,12 @@ class Database:
     def reader(self) -> aiosqlite.Connection:
         return self._reader
 
+    @property
+    def background(self) -> aiosqlite.Connection:
+        """A connection in a thread, for a read that may take long: an inline file's reader
+        is the loop itself, where it would hold up every webhook's ack meanwhile."""
+        return self._checkpointer or self._reader
+
     async def schema_version(self) -> int:
         async with self._reader.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
