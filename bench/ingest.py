@@ -265,16 +265,19 @@ def wrk(
     }
 
 
-def saturation(kind: str, sync: str, args: argparse.Namespace, script: Path) -> list[float]:
+def saturation(
+    kind: str, sync: str, args: argparse.Namespace, script: Path
+) -> tuple[list[float], dict[str, list[float]]]:
     """Bare and bot alive side by side, loaded in turn for `--seconds` each, `--rounds` times.
 
     Only the server under load runs; the other is stopped (SIGSTOP), so it takes nothing from
     it: not the bot's inbox worker catching up while the bare handler is measured, not a
     checkpoint. This shared VM's speed moves by up to half from one second to the next
     (docs/benchmarks.md), so the pairs are short and adjacent, half of them bot first, and
-    the median of their ratios is the figure.
+    the median of their ratios is the figure. Returned with each turn's p99 per server.
     """
     ratios: list[float] = []
+    p99s: dict[str, list[float]] = {"bare": [], "bot": []}
     per_turn = args.seconds * args.turn_rate
     with tempfile.TemporaryDirectory() as tmp:
         db = str(Path(tmp) / "bench.sqlite3")
@@ -297,6 +300,8 @@ def saturation(kind: str, sync: str, args: argparse.Namespace, script: Path) -> 
                 b, t = results["bare"], results["bot"]
                 acked += t["requests"] - t["non_2xx"]
                 ratios.append(t["rps"] / b["rps"])
+                p99s["bare"].append(b["p99_ms"])
+                p99s["bot"].append(t["p99_ms"])
                 print(
                     f"  bare {b['rps']:.0f} req/s (p50 {b['p50_ms']:.2f} ms,"
                     f" p99 {b['p99_ms']:.2f} ms); bot {t['rps']:.0f} req/s"
@@ -314,7 +319,7 @@ def saturation(kind: str, sync: str, args: argparse.Namespace, script: Path) -> 
     print(f"  acknowledged {acked}, stored {stored}" + (f"; {backlog}" if backlog else ""))
     if stored < acked:
         sys.exit(f"LOST: {acked - stored} acknowledged deliveries are not in the inbox")
-    return ratios
+    return ratios, p99s
 
 
 def instructions(
@@ -445,12 +450,17 @@ def main() -> None:
         kinds = ["bot", "bot-ingest-only"] if args.ingest_only else ["bot"]
         for kind, sync in ((k, s) for s in args.modes.split(",") for k in kinds):
             label = "ingest only, worker off" if kind != "bot" else "worker on"
-            ratios = saturation(kind, sync, args, script)
+            ratios, p99s = saturation(kind, sync, args, script)
             spread = sorted(ratios)
             print(
                 f"bot durable ingest ({label}, synchronous={sync}):"
                 f" median ratio {statistics.median(ratios):.2f} of {len(ratios)} pairs"
-                f" (lowest {spread[0]:.2f}, highest {spread[-1]:.2f})",
+                f" (lowest {spread[0]:.2f}, highest {spread[-1]:.2f});"
+                + ";".join(
+                    f" {name} p99 {statistics.median(v):.1f} ms in the median turn,"
+                    f" {max(v):.1f} ms in the worst"
+                    for name, v in (("bot", p99s["bot"]), ("bare", p99s["bare"]))
+                ),
                 flush=True,
             )
             if args.paced:
