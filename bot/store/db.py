@@ -182,7 +182,8 @@ class Database:
     @property
     def background(self) -> aiosqlite.Connection:
         """A connection in a thread, for a read that may take long: an inline file's reader
-        is the loop itself, where it would hold up every webhook's ack meanwhile."""
+        is the loop itself, where it would hold up every webhook's ack meanwhile. A throwaway
+        file (`synchronous=OFF`, `bot simulate`) has only its inline one, and no acks."""
         return self._checkpointer or self._reader
 
     async def schema_version(self) -> int:
