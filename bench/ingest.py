@@ -230,8 +230,8 @@ class Server:
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        """SIGTERM; then SIGKILL, as a supervisor would: on SIGTERM the bot first works off
-        what its inbox holds, which after a flood takes minutes (the inbox keeps it anyway)."""
+        """SIGTERM; then SIGKILL, as a supervisor would, if the bot has not exited (it works
+        off its inbox for at most `shutdown_drain_seconds` first)."""
         self.resume()
         self.proc.send_signal(signal.SIGTERM)
         try:

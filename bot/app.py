@@ -157,10 +157,17 @@ def create_app(
         for task in list(rt.tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        # What the webhook stored before shutdown is processed now, not left for later.
+        # What the webhook stored before shutdown is processed now, for as long as the
+        # supervisor allows; the rest stays in the inbox, where the next start finds it.
         if start_workers:
             await rt.inbox.close()
-            await rt.worker.drain()
+            done = await rt.worker.drain(until=clock.monotonic() + config.shutdown_drain_seconds)
+            left = (await inbox_backlog(rt.inbox_db, to_ms(clock.now())))["new"]
+            log.info(
+                "processed %d stored deliveries while stopping; %s left for the next start",
+                done,
+                left,
+            )
 
     app.cleanup_ctx.extend([store, http, workers])
     add_routes(app, config.webhook_path)

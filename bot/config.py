@@ -70,6 +70,9 @@ class Config:
     templates_dir: Path = Path("templates")
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
+    # On SIGTERM, how long to go on processing what the inbox holds before exiting: the rest
+    # waits there for the next start. Docker kills 10 s after SIGTERM, systemd after 90 s.
+    shutdown_drain_seconds: int = 5
 
     def account(self, account_id: str) -> Account | None:
         for a in self.accounts:
@@ -111,6 +114,7 @@ _TOP_KEYS = {
     "flows_dir",
     "templates_dir",
     "log",
+    "shutdown_drain_seconds",
 }
 _ACCOUNT_KEYS = {
     "id",
@@ -192,6 +196,9 @@ def config_from_mapping(
         templates_dir=_path(data.get("templates_dir", "templates"), base),
         log_format=log_format,
         log_level=str(log.get("level", "INFO")).upper(),
+        shutdown_drain_seconds=_int(
+            data.get("shutdown_drain_seconds", 5), "shutdown_drain_seconds", source, 0, 3600
+        ),
     )
 
 

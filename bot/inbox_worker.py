@@ -106,10 +106,13 @@ class InboxWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
 
-    async def drain(self) -> int:
-        """Process until the inbox is empty; for tests, `bot simulate` and shutdown."""
+    async def drain(self, until: float | None = None) -> int:
+        """Process until the inbox is empty, or until the clock's monotonic time `until`
+        (shutdown: a flood's backlog takes minutes, and what is left is safe in the inbox)."""
         total = 0
-        while n := await self.process_once():
+        while until is None or self._clock.monotonic() < until:
+            if not (n := await self.process_once()):
+                break
             total += n
         return total
 

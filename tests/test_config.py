@@ -59,6 +59,11 @@ def test_secrets_can_come_from_files_outside_git(tmp_path: Path) -> None:
             ENV,
             "'database.synchronous' must be NORMAL or FULL",
         ),
+        (
+            GOOD + "shutdown_drain_seconds: -1",
+            ENV,
+            "'shutdown_drain_seconds' must be a whole number from 0 to 3600",
+        ),
     ],
 )
 def test_a_wrong_setting_stops_start_up_naming_the_key(

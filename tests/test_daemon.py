@@ -19,14 +19,14 @@ SECRET = "daemon-app-secret-42"
 TOKEN = "EAAG-daemon-token-42"
 
 
-def start(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+def start(tmp_path: Path, extra: str = "") -> tuple[subprocess.Popen[str], int]:
     """Start `bot run`; its logs go to a file (a full pipe nobody reads would block it)."""
     (tmp_path / "bot.yaml").write_text(
         "accounts:\n"
         '  - {id: "17841400000000001", platform: instagram, graph_base_url: "http://127.0.0.1:9"}\n'
         "listen: {host: 127.0.0.1, port: 0}\n"
         "database: {path: bot.sqlite3}\n"
-        "log: {format: json, level: DEBUG}\n"
+        "log: {format: json, level: DEBUG}\n" + extra
     )
     env = {
         **os.environ,
@@ -34,7 +34,7 @@ def start(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
         "BOT_VERIFY_TOKEN": "verify-42",
         "BOT_TOKEN_17841400000000001": TOKEN,
     }
-    with (tmp_path / "daemon.log").open("w") as log:  # the child keeps its own copy
+    with (tmp_path / "daemon.log").open("a") as log:  # the child keeps its own copy
         proc = subprocess.Popen(
             [sys.executable, "-m", "bot", "--config", str(tmp_path / "bot.yaml"), "run"],
             cwd=tmp_path,
@@ -85,3 +85,43 @@ def test_the_daemon_stores_processes_and_stops_gracefully_without_printing_secre
     assert SECRET not in stderr and TOKEN not in stderr
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert any(rec["message"] == "stopped" for rec in lines)  # structured, to the end
+
+
+def test_a_stop_after_a_flood_leaves_the_backlog_in_the_inbox_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM waits at most `shutdown_drain_seconds` for the backlog (a flood's took minutes,
+    past any supervisor's patience); what it leaves, the next start processes."""
+    n = 3000
+    proc, _ = start(tmp_path, "shutdown_drain_seconds: 0\n")
+    # A backlog as a flood leaves it: rows the worker has not reached yet (written by another
+    # process, so only its one-second poll would find them).
+    bodies = [json.dumps(ig_comment(f"f{i}", "hi", user=f"u{i}")).encode() for i in range(n)]
+    with sqlite3.connect(tmp_path / "bot.inbox.sqlite3", timeout=10) as inbox:
+        inbox.executemany(
+            "INSERT INTO inbox (received_at, body) VALUES (0, ?)", [(b,) for b in bodies]
+        )
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    with sqlite3.connect(tmp_path / "bot.inbox.sqlite3") as inbox:
+        (left,) = inbox.execute("SELECT count(*) FROM inbox WHERE state = 'new'").fetchone()
+    assert left > 0  # the batch under way at most, not the whole backlog
+    lines = [
+        json.loads(x) for x in (tmp_path / "daemon.log").read_text().splitlines() if x[:1] == "{"
+    ]
+    assert any(f"{left} left for the next start" in rec["message"] for rec in lines)
+
+    proc, port = start(tmp_path)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            assert json.loads(resp.read())["status"] == "ok"
+    finally:
+        proc.send_signal(signal.SIGTERM)  # the default 5 s: enough for what is left here
+        proc.communicate(timeout=30)
+    with sqlite3.connect(tmp_path / "bot.inbox.sqlite3") as inbox:
+        assert inbox.execute("SELECT state, count(*) FROM inbox GROUP BY state").fetchall() == [
+            ("done", n)
+        ]
+    with sqlite3.connect(tmp_path / "bot.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM comments").fetchone() == (n,)
