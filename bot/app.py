@@ -13,6 +13,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +32,13 @@ from bot.policy import PolicyProfile, load_profile
 from bot.scheduler import ClockWakeup, SchedulerWakeup, Wakeup
 from bot.sender import Sender
 from bot.store.db import Database
-from bot.store.inbox import InboxWriter, adopt_legacy_inbox, inbox_backlog, open_inbox
+from bot.store.inbox import (
+    InboxWriter,
+    adopt_legacy_inbox,
+    inbox_backlog,
+    open_inbox,
+    prune_processed,
+)
 from bot.webhook import INBOX, METRICS, WEBHOOK, Signer, WebhookSettings, add_routes
 
 __all__ = ["Runtime", "RUNTIME", "create_app"]
@@ -148,6 +155,8 @@ def create_app(
             _spawn(rt, rt.worker.run(), "inbox-worker")
             _spawn(rt, _dispatch(rt.dispatcher, rt.wakeup, stopping), "dispatcher")
             _spawn(rt, _watch_flows(rt, stopping), "flow-watcher")
+            if config.database.inbox_keep_days:
+                _spawn(rt, _prune_inbox(rt, stopping), "inbox-pruner")
         yield
         rt.worker.stop()
         stopping.set()
@@ -227,6 +236,30 @@ async def _watch_flows(rt: Runtime, stopping: asyncio.Event, every: float = 2.0)
         if now != stamp:
             stamp = now
             reload_flows(rt)
+
+
+async def prune_inbox(rt: Runtime) -> int:
+    """Drop processed deliveries older than `database.inbox_keep_days` from the inbox file."""
+    assert rt.inbox_db is not None
+    keep = timedelta(days=rt.config.database.inbox_keep_days)
+    n = await prune_processed(
+        rt.inbox_db, to_ms(rt.clock.now() - keep), pause=lambda: asyncio.sleep(0.01)
+    )
+    if n:
+        rt.metrics.inc("inbox_pruned", n, help="processed deliveries deleted after keep_days")
+        log.info("deleted %d processed deliveries older than %s from the inbox", n, keep)
+    return n
+
+
+async def _prune_inbox(rt: Runtime, stopping: asyncio.Event, every: float = 3600.0) -> None:
+    """At start and then hourly; a failure waits for the next round, never ends the task."""
+    while not stopping.is_set():
+        try:
+            await prune_inbox(rt)
+        except Exception:
+            log.exception("pruning the inbox failed; trying again in an hour")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), every)
 
 
 async def _dispatch(dispatcher: Dispatcher, wakeup: Wakeup, stopping: asyncio.Event) -> None:

@@ -53,6 +53,8 @@ class Database:
     # NORMAL survives a killed process (WAL); FULL also survives power loss, at a cost
     # measured in docs/benchmarks.md.
     synchronous: str = "NORMAL"
+    # Processed deliveries older than this leave the inbox file (0: kept for ever).
+    inbox_keep_days: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +166,7 @@ def config_from_mapping(
     db = data.get("database", {}) or {}
     if not isinstance(db, dict):
         raise ConfigError(f"{source}: 'database' must be a mapping with path and synchronous")
-    _no_unknown(db, {"path", "synchronous"}, source, "database.")
+    _no_unknown(db, {"path", "synchronous", "inbox_keep_days"}, source, "database.")
     sync = str(db.get("synchronous", "NORMAL")).upper()
     if sync not in {"NORMAL", "FULL"}:
         raise ConfigError(f"{source}: 'database.synchronous' must be NORMAL or FULL, not {sync!r}")
@@ -190,7 +192,13 @@ def config_from_mapping(
         max_body_bytes=_int(
             data.get("max_body_bytes", 4 * 1024 * 1024), "max_body_bytes", source, 1024, 1 << 30
         ),
-        database=Database(path=_path(db.get("path", "data/bot.sqlite3"), base), synchronous=sync),
+        database=Database(
+            path=_path(db.get("path", "data/bot.sqlite3"), base),
+            synchronous=sync,
+            inbox_keep_days=_int(
+                db.get("inbox_keep_days", 30), "database.inbox_keep_days", source, 0, 36500
+            ),
+        ),
         policy_profile=_path(profile, base) if profile else None,
         flows_dir=_path(data.get("flows_dir", "flows"), base),
         templates_dir=_path(data.get("templates_dir", "templates"), base),

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bot.clock import VirtualClock
 from bot.errors import StoreUnavailable
 from bot.store.db import CHECKPOINT_EVERY, Database, fetch_all
-from bot.store.inbox import INBOX_MIGRATIONS, InboxWriter
+from bot.store.inbox import INBOX_MIGRATIONS, InboxWriter, prune_processed
 from tests.conftest import ig_comment, post_signed, query, runtime
 
 
@@ -229,3 +231,45 @@ async def test_a_batch_that_stalled_does_not_idle_the_worker_for_ten_times_as_lo
                 await task
         await main.close()
         await inbox.close()
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["new", "done", "bad"]),
+            st.integers(0, 3),  # time steps between arrivals
+            st.integers(0, 40),  # ids skipped (deleted rows, rolled-back appends)
+        ),
+        max_size=60,
+    ),
+    cutoff=st.integers(0, 100),
+    chunk=st.integers(1, 25),
+)
+def test_pruning_deletes_exactly_the_processed_deliveries_older_than_the_cutoff(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: list[tuple[str, int, int]],
+    cutoff: int,
+    chunk: int,
+) -> None:
+    async def run() -> tuple[int, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        path = tmp_path_factory.mktemp("prune") / "inbox.sqlite3"
+        db = await Database.open(path, "NORMAL", INBOX_MIGRATIONS, inline=True)
+        table, at, row_id = [], 0, 0
+        for state, step, gap in rows:
+            at, row_id = at + step, row_id + 1 + gap
+            table.append((row_id, at, b"{}", state))
+        try:
+            async with db.transaction() as conn:
+                await conn.executemany(
+                    "INSERT INTO inbox (id, received_at, body, state) VALUES (?, ?, ?, ?)", table
+                )
+            n = await prune_processed(db, cutoff, chunk=chunk)
+            left = await fetch_all(db.reader, "SELECT id, received_at, body, state FROM inbox")
+        finally:
+            await db.close()
+        return n, [tuple(r) for r in left], table
+
+    n, left, table = asyncio.run(run())
+    kept = [r for r in table if not (r[3] == "done" and r[1] < cutoff)]
+    assert left == kept
+    assert n == len(table) - len(kept)

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot.app import prune_inbox
 from bot.clock import VirtualClock, from_ms
 from bot.policy import ConversationState
 from bot.simulator import Simulator
@@ -157,6 +158,36 @@ async def test_healthz_reports_the_backlog_from_indexes_without_reading_the_whol
     await drain(client)
     health = await (await client.get("/healthz")).json()
     assert health["inbox"] == {"new": 0, "bad": 1, "oldest_new_age_s": None}
+
+
+async def test_processed_deliveries_leave_the_inbox_after_keep_days_and_replays_stay_duplicates(
+    client: TestClient[Any, Any], clock: VirtualClock
+) -> None:
+    old = [ig_comment(f"old{i}", "PRICING", user=f"u{i}") for i in range(3)]
+    for delivery in old:
+        assert await post_signed(client, delivery) == 200
+    assert await post_signed(client, b"{not json") == 200
+    await drain(client)
+    clock.advance(timedelta(days=29))
+    assert await post_signed(client, ig_comment("recent", "PRICING")) == 200
+    await drain(client)
+    clock.advance(timedelta(days=2))  # the first four are 31 days old now, "recent" 2
+    assert await post_signed(client, ig_comment("waiting", "PRICING")) == 200
+    rt = runtime(client)
+    assert rt.config.database.inbox_keep_days == 30  # the default
+    assert await prune_inbox(rt) == 3
+    assert await rows(client, "SELECT state FROM inbox ORDER BY id") == [
+        ("bad",),  # kept for the operator
+        ("done",),  # "recent"
+        ("new",),  # "waiting", not processed yet
+    ]
+    assert rt.metrics.get("inbox_pruned") == 3
+    assert await prune_inbox(rt) == 0
+    # Meta retrying an old delivery now: the events table still knows its comment.
+    assert await post_signed(client, old[0]) == 200
+    await drain(client)
+    assert await rows(client, "SELECT count(*) FROM comments") == [(5,)]
+    assert rt.metrics.get("events_duplicate") == 1
 
 
 async def test_unknown_object_and_field_are_stored_and_ignored_without_a_crash(

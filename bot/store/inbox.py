@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bot.clock import Clock, to_ms
 from bot.errors import StoreUnavailable
 from bot.metrics import Metrics
-from bot.store.db import Database, fetch_all
+from bot.store.db import Database, fetch_all, fetch_one
 from bot.store.migrations import INBOX_STATE_CHECK, Migration
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "inbox_path",
     "mark_processed",
     "open_inbox",
+    "prune_processed",
 ]
 
 log = logging.getLogger(__name__)
@@ -264,3 +265,47 @@ async def inbox_counts(db: Database) -> dict[str, int]:
     counts = {"new": 0, "done": 0, "bad": 0}
     counts.update({str(r[0]): int(r[1]) for r in rows})
     return counts
+
+
+async def prune_processed(
+    db: Database,
+    before_ms: int,
+    *,
+    chunk: int = 500,
+    pause: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """Delete processed deliveries received before `before_ms`, oldest first; the count.
+
+    The inbox otherwise grows by every webhook forever (`bot status` reads all of it), and
+    nothing needs a processed body: the main file's `events` table is what makes a replay a
+    duplicate. Bad deliveries stay for the operator, waiting ones for the worker. Walked in
+    ranges of `chunk` ids, each range its own short transaction on the writer (an ack waits
+    for one range at most; `pause` runs between them), using nothing but the primary key:
+    ids grow with arrival, so the first range holding a newer delivery is the last. SQLite
+    reuses the freed pages, so the file stops growing rather than shrinking. bench/prune.py
+    (400,000 of 500,000 rows, 10 ms pauses): 9 s, a range 0.7 ms (p99 5 to 8 ms), and an
+    append meanwhile waited 11 to 12 ms at worst, the checkpoint's pass under the lock.
+    """
+    deleted = 0
+    lo = (await fetch_all(db.reader, "SELECT min(id) FROM inbox"))[0][0]
+    while lo is not None:
+        hi = lo + chunk
+        async with db.transaction() as conn:
+            cur = await conn.execute(
+                "DELETE FROM inbox WHERE id >= ? AND id < ? AND state = 'done'"
+                " AND received_at < ?",
+                (lo, hi, before_ms),
+            )
+            deleted += cur.rowcount
+            newer = await fetch_one(
+                conn,
+                "SELECT 1 FROM inbox WHERE id >= ? AND id < ? AND received_at >= ? LIMIT 1",
+                (lo, hi, before_ms),
+            )
+            nxt = await fetch_one(conn, "SELECT min(id) FROM inbox WHERE id >= ?", (hi,))
+        if newer is not None or nxt is None:
+            break
+        lo = nxt[0]
+        if pause is not None:
+            await pause()
+    return deleted
