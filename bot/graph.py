@@ -121,6 +121,15 @@ ERROR_TABLE: Mapping[tuple[int, int | None], ErrorClass] = MappingProxyType(
         (10, 1893063): ErrorClass.ACCOUNT_RESTRICTED,
         (190, None): ErrorClass.TOKEN_INVALID,  # 458, 460, 463 and the rest alike
         (100, None): ErrorClass.INVALID,
+        # Not in POLICY.md; the Graph API's own error guide (developers.facebook.com/docs/
+        # graph-api/guides/error-handling) lists them for every endpoint, the Send API too.
+        (3, None): ErrorClass.PERMISSION,  # "API Method": a capability or permission missing
+        (102, None): ErrorClass.TOKEN_INVALID,  # "API Session": the token expired or revoked
+        (341, None): ErrorClass.BACKOFF,  # "Application limit reached"
+        # "Temporarily blocked for policies violations": the guide says wait and retry, but
+        # an automated sender that keeps sending while blocked only deepens the block, so
+        # the account pauses and the operator hears of it, as for 10/1893063.
+        (368, None): ErrorClass.ACCOUNT_RESTRICTED,
     }
 )
 

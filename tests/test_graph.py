@@ -159,6 +159,12 @@ POLICY_ROWS = [
     (500, 2, None, ErrorClass.RETRY),
     (400, 2, None, ErrorClass.RETRY),
     (503, 1200, None, ErrorClass.RETRY),  # unknown code, but Meta said 5xx
+    # from the Graph API's error guide, beyond POLICY.md
+    (400, 3, None, ErrorClass.PERMISSION),
+    (400, 102, None, ErrorClass.TOKEN_INVALID),
+    (400, 341, None, ErrorClass.BACKOFF),
+    (400, 368, None, ErrorClass.ACCOUNT_RESTRICTED),
+    (400, 368, 1390008, ErrorClass.ACCOUNT_RESTRICTED),
     # codes the table doesn't know fall back to the status
     (400, 12345, None, ErrorClass.INVALID),
     (429, 12345, None, ErrorClass.BACKOFF),
