@@ -2,9 +2,9 @@
 
 An inbox file of `--rows` processed deliveries (700-byte bodies, a thousand a second of
 arrival time); `prune_processed` deletes the oldest `--prune` of them with the daemon's 10 ms
-pauses between ranges, while a probe appends one delivery every 5 ms through the same writer,
-as a webhook would. Printed: the prune's time, each range's time on the loop, and the probe's
-wait (its p99 and worst are what an ack would see).
+pauses between steps of 500 rows, while a probe appends one delivery every 5 ms through the
+same writer, as a webhook would. Printed: the prune's time, each step's time on the loop, and
+the probe's wait (its p99 and worst are what an ack would see).
 
     python bench/prune.py                       # 500,000 rows, prune 400,000
     python bench/prune.py --rows 100000 --prune 50000
@@ -58,11 +58,12 @@ async def run(rows: int, prune: int) -> None:
 
         last = time.perf_counter()
 
-        async def pause() -> None:
+        async def pause() -> bool:
             nonlocal last
             ranges.append(time.perf_counter() - last)
             await asyncio.sleep(0.01)  # as bot/app.py's pruner
             last = time.perf_counter()
+            return True
 
         task = asyncio.create_task(probe())
         start = time.perf_counter()
@@ -74,9 +75,9 @@ async def run(rows: int, prune: int) -> None:
         left = await prune_processed(db, prune // 1000)
         again = time.perf_counter() - again
         await db.close()
-    print(f"deleted {deleted} of {rows} in {took:.2f} s ({len(ranges)} ranges)")
+    print(f"deleted {deleted} of {rows} in {took:.2f} s ({len(ranges)} steps)")
     print(
-        f"  a range on the loop: p50 {pct(ranges, 0.5):.2f} ms, p99 {pct(ranges, 0.99):.2f} ms,"
+        f"  a step on the loop: p50 {pct(ranges, 0.5):.2f} ms, p99 {pct(ranges, 0.99):.2f} ms,"
         f" worst {max(ranges) * 1000:.2f} ms"
     )
     print(

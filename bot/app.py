@@ -158,6 +158,8 @@ def create_app(
             if config.database.inbox_keep_days:
                 _spawn(rt, _prune_inbox(rt, stopping), "inbox-pruner")
         yield
+        # The whole stop counts against the drain's time, in-flight sends included.
+        deadline = clock.monotonic() + config.shutdown_drain_seconds
         rt.worker.stop()
         stopping.set()
         rt.wakeup.kick()
@@ -170,7 +172,7 @@ def create_app(
         # supervisor allows; the rest stays in the inbox, where the next start finds it.
         if start_workers:
             await rt.inbox.close()
-            done = await rt.worker.drain(until=clock.monotonic() + config.shutdown_drain_seconds)
+            done = await rt.worker.drain(until=deadline)
             left = (await inbox_backlog(rt.inbox_db, to_ms(clock.now())))["new"]
             log.info(
                 "processed %d stored deliveries while stopping; %s left for the next start",
@@ -238,13 +240,17 @@ async def _watch_flows(rt: Runtime, stopping: asyncio.Event, every: float = 2.0)
             reload_flows(rt)
 
 
-async def prune_inbox(rt: Runtime) -> int:
-    """Drop processed deliveries older than `database.inbox_keep_days` from the inbox file."""
+async def prune_inbox(rt: Runtime, stopping: asyncio.Event | None = None) -> int:
+    """Drop processed deliveries older than `database.inbox_keep_days` from the inbox file;
+    a stop ends it between two ranges (the first prune of a long history takes seconds)."""
     assert rt.inbox_db is not None
     keep = timedelta(days=rt.config.database.inbox_keep_days)
-    n = await prune_processed(
-        rt.inbox_db, to_ms(rt.clock.now() - keep), pause=lambda: asyncio.sleep(0.01)
-    )
+
+    async def pause() -> bool:
+        await asyncio.sleep(0.01)
+        return stopping is None or not stopping.is_set()
+
+    n = await prune_processed(rt.inbox_db, to_ms(rt.clock.now() - keep), pause=pause)
     if n:
         rt.metrics.inc("inbox_pruned", n, help="processed deliveries deleted after keep_days")
         log.info("deleted %d processed deliveries older than %s from the inbox", n, keep)
@@ -255,7 +261,7 @@ async def _prune_inbox(rt: Runtime, stopping: asyncio.Event, every: float = 3600
     """At start and then hourly; a failure waits for the next round, never ends the task."""
     while not stopping.is_set():
         try:
-            await prune_inbox(rt)
+            await prune_inbox(rt, stopping)
         except Exception:
             log.exception("pruning the inbox failed; trying again in an hour")
         with contextlib.suppress(TimeoutError):

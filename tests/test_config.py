@@ -64,6 +64,11 @@ def test_secrets_can_come_from_files_outside_git(tmp_path: Path) -> None:
             ENV,
             "'shutdown_drain_seconds' must be a whole number from 0 to 3600",
         ),
+        (
+            GOOD + "database: {inbox_keep_days: forever}",
+            ENV,
+            "'database.inbox_keep_days' must be a whole number from 0 to 36500",
+        ),
     ],
 )
 def test_a_wrong_setting_stops_start_up_naming_the_key(

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -97,9 +98,10 @@ def test_a_stop_after_a_flood_leaves_the_backlog_in_the_inbox_for_the_next_start
     # A backlog as a flood leaves it: rows the worker has not reached yet (written by another
     # process, so only its one-second poll would find them).
     bodies = [json.dumps(ig_comment(f"f{i}", "hi", user=f"u{i}")).encode() for i in range(n)]
+    now_ms = int(time.time() * 1000)  # recent: the next start's pruner leaves them alone
     with sqlite3.connect(tmp_path / "bot.inbox.sqlite3", timeout=10) as inbox:
         inbox.executemany(
-            "INSERT INTO inbox (received_at, body) VALUES (0, ?)", [(b,) for b in bodies]
+            "INSERT INTO inbox (received_at, body) VALUES (?, ?)", [(now_ms, b) for b in bodies]
         )
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
