@@ -228,12 +228,17 @@ def _flow_files_stamp(config: Config) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(stamps))
 
 
+async def _sleep_unless_stopped(stopping: asyncio.Event, seconds: float) -> None:
+    """Real time between a background task's rounds; a stop ends the wait at once."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
+
+
 async def _watch_flows(rt: Runtime, stopping: asyncio.Event, every: float = 2.0) -> None:
     """Reload when a flow or template file changes: a few stat calls every two seconds."""
     stamp = _flow_files_stamp(rt.config)
     while not stopping.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), every)
+        await _sleep_unless_stopped(stopping, every)
         now = _flow_files_stamp(rt.config)
         if now != stamp:
             stamp = now
@@ -264,8 +269,7 @@ async def _prune_inbox(rt: Runtime, stopping: asyncio.Event, every: float = 3600
             await prune_inbox(rt, stopping)
         except Exception:
             log.exception("pruning the inbox failed; trying again in an hour")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), every)
+        await _sleep_unless_stopped(stopping, every)
 
 
 async def _dispatch(dispatcher: Dispatcher, wakeup: Wakeup, stopping: asyncio.Event) -> None:
@@ -276,8 +280,7 @@ async def _dispatch(dispatcher: Dispatcher, wakeup: Wakeup, stopping: asyncio.Ev
         except Exception:
             # A store hiccup must not end sending for good; the rows are still in SQLite.
             log.exception("the dispatcher failed a round; trying again shortly")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), 1.0)
+            await _sleep_unless_stopped(stopping, 1.0)
             continue
         if not stopping.is_set():
             await wakeup.wait(wake)
