@@ -289,7 +289,7 @@ async def prune_processed(
     until their date). Between steps `pause` runs and says whether to go on (a daemon
     stopping does not). SQLite reuses the freed pages, so the file stops growing rather
     than shrinking. bench/prune.py (400,000 of 500,000 rows, 10 ms pauses): 9 s, a step 0.9
-    ms (p99 6.5 to 7.3 ms), and an append meanwhile waited 11 to 13 ms at worst, the
+    ms (p99 6.5 to 7.4 ms), and an append meanwhile waited 11 to 13 ms at worst, the
     checkpoint's pass under the lock.
     """
     deleted = 0
