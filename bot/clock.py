@@ -13,17 +13,39 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock", "VirtualClock", "from_ms", "from_seconds", "to_ms", "utc"]
+__all__ = [
+    "Clock",
+    "SystemClock",
+    "VirtualClock",
+    "from_ms",
+    "from_seconds",
+    "to_ms",
+    "to_resolution",
+    "utc",
+]
 
 
 def utc(
-    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+    year: int,
+    month: int,
+    day: int,
+    hour: int = 0,
+    minute: int = 0,
+    second: int = 0,
+    microsecond: int = 0,
 ) -> datetime:
     """An aware UTC datetime; a shorthand for tests and scenarios."""
-    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    return datetime(year, month, day, hour, minute, second, microsecond, tzinfo=UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 def from_ms(ms: int | float) -> datetime:
+    """Exact for whole milliseconds: no trip through a float of seconds."""
+    if isinstance(ms, int):
+        return _EPOCH + timedelta(milliseconds=ms)
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
@@ -32,12 +54,18 @@ def from_seconds(s: int | float) -> datetime:
 
 
 def to_ms(t: datetime) -> int:
-    return int(round(t.timestamp() * 1000))
+    """Whole milliseconds, rounded down, in integer arithmetic.
+
+    Down, never up: a stored time is never later than the instant it records, so a deadline
+    stored this way never lets a send through after the real one (the old `round` moved
+    times up to half a millisecond into the future, which sub-second test clocks exposed).
+    """
+    return (t - _EPOCH) // _MS
 
 
 class Clock(Protocol):
     def now(self) -> datetime:
-        """Aware UTC wall time."""
+        """Aware UTC wall time, in whole milliseconds (`to_resolution`)."""
 
     def monotonic(self) -> float:
         """Seconds for measuring durations; never goes back."""
@@ -46,9 +74,17 @@ class Clock(Protocol):
         """Return once `now() >= when` (or soon after, for the system clock)."""
 
 
+def to_resolution(t: datetime) -> datetime:
+    """`t` cut to whole milliseconds, the resolution of Meta's timestamps and of the store."""
+    return t.replace(microsecond=t.microsecond - t.microsecond % 1000)
+
+
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        # Milliseconds, as everything stored and everything Meta sends: one resolution, so no
+        # time read here is ever compared with its own stored copy and found different (a
+        # follow-up due at .618 whose run said .618734 was due forever and never fired).
+        return to_resolution(datetime.now(UTC))
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -63,14 +99,15 @@ class VirtualClock:
     """A clock that only moves when told; sleepers wake as `advance` passes their time."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or utc(2026, 1, 5, 9, 0, 0)
+        # Sub-second digits, as a real clock has: whole seconds hid a real bug (issue 13, item 4).
+        self._now = start or utc(2026, 1, 5, 9, 0, 0, 417_293)
         if self._now.tzinfo is None:
             raise ValueError("VirtualClock needs an aware datetime")
         self._sleepers: list[tuple[datetime, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
     def now(self) -> datetime:
-        return self._now
+        return to_resolution(self._now)
 
     def monotonic(self) -> float:
         return self._now.timestamp()

@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def clock() -> VirtualClock:
-    return VirtualClock(utc(2026, 3, 2, 11, 0, 0))
+    return VirtualClock(utc(2026, 3, 2, 11, 0, 0, 618_734))
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:

@@ -26,7 +26,7 @@ from bot.policy import ConversationState, PolicyProfile, apply_event, default_pr
 
 ACCOUNT = "acct"
 USER = "user-1"
-T0 = utc(2026, 3, 2, 9, 0, 0)
+T0 = utc(2026, 3, 2, 9, 0, 0, 381_907)
 
 _keys = itertools.count()
 

@@ -16,7 +16,7 @@ from bot.events import Comment, Message, Platform, Postback, Referral
 from bot.flows import CheckReport, ContactView, FlowSet, check_all, format_problem
 from bot.policy import PolicyProfile
 
-NOW = utc(2026, 3, 2, 11, 0, 0)
+NOW = utc(2026, 3, 2, 11, 0, 0, 734_281)
 ACCOUNT = "17841400000000001"
 
 

@@ -20,7 +20,7 @@ SECRET = "sim-app-secret"
 IG = "17841400000000001"
 FB = "104000000000001"
 TOKENS = {IG: "ig-token-abc", FB: "page-token-xyz"}
-START = utc(2026, 1, 5, 9, 0, 0)
+START = utc(2026, 1, 5, 9, 0, 0, 250_613)
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 

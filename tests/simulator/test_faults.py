@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bot.clock import VirtualClock
+from bot.clock import VirtualClock, to_resolution
 from bot.simulator import FaultKind, Reason, Simulator
 
 from .conftest import IG, START, TOKENS, error_of, send, text
@@ -61,7 +61,7 @@ async def test_latency_runs_on_the_simulator_clock(
     assert not task.done()
     clock.advance(2)
     status, _ = await task
-    assert status == 200 and sim.accepted()[-1].time == START + timedelta(seconds=2)
+    assert status == 200 and sim.accepted()[-1].time == to_resolution(START) + timedelta(seconds=2)
 
 
 async def test_dropped_connection_records_nothing(graph: Client, sim: Simulator) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from bot.clock import VirtualClock, to_ms
+from bot.clock import VirtualClock, to_ms, to_resolution
 from bot.simulator import Simulator, SimulatorError, send_action
 
 from .conftest import FB, IG, SECRET, START, TOKENS, FakeBot, send, text
@@ -166,7 +166,7 @@ async def test_control_api_drives_actions_and_shows_the_log(
     log = await (await graph.get("/_sim/log")).json()
     assert [e["accepted"] for e in log] == [True, False]
     assert log[0]["basis"] == "private_reply" and log[1]["reason"] == "private_reply_already_sent"
-    assert log[1]["code"] == 10 and log[0]["time"] == START.isoformat()
+    assert log[1]["code"] == 10 and log[0]["time"] == to_resolution(START).isoformat()
     resp = await graph.post("/_sim/actions", json={"action": "fly", "user": "alice"})
     assert resp.status == 400 and "unknown action" in (await resp.json())["error"]
     resp = await graph.post("/_sim/actions", json={"action": "dm", "user": "alice"})
