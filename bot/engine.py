@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 import aiosqlite
@@ -236,8 +237,13 @@ class Engine:
         notes = list(outcome.notes)
         run = outcome.run
         flow_id = outcome.flow_id
+        # The messages of a run that hands the contact over ("connecting you to a person")
+        # are the hand-over's own: marked, they still go once a human has the contact.
+        handover = any(isinstance(eff, Handoff) for eff in outcome.effects)
         for eff in outcome.effects:
             if isinstance(eff, Send):
+                if handover and eff.kind is not FlowSendKind.PUBLIC_REPLY:
+                    eff = replace(eff, intent=replace(eff.intent, handover=True))
                 notes.append(await self._enqueue(conn, account, user, state, eff, now))
             elif isinstance(eff, Schedule) and run is not None:
                 refusal = self._followup_refusal(state, eff, outcome)

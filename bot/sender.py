@@ -34,8 +34,8 @@ from bot.policy import (
     Refused,
     decide,
     mark_unreachable,
+    record_meta_refusal,
     record_send,
-    set_handoff,
 )
 from bot.store.conversations import (
     load_comment,
@@ -201,15 +201,13 @@ class Sender:
 
     async def _send(self, account: Account, item: OutboxItem) -> bool:
         """One send; False when the account must stop sending (paused or throttled)."""
-        now = self._clock.now()
         if item.kind is SendKind.PUBLIC_REPLY:
-            return await self._public_reply(account, item, now)
+            return await self._public_reply(account, item, self._clock.now())
         async with self._db.transaction() as conn:
+            # Read once the write lock is held: a `now` read before it may be seconds old by
+            # the time the call leaves, at a window's edge (`send_margin` covers the call).
+            now = self._clock.now()
             state = await self._state(conn, account, item)
-            if state.handoff_since is not None and state.handoff_since == item.created_at:
-                # Queued by the hand-over step itself ("connecting you to a person"): it
-                # belongs to the hand-over; anything queued before or after waits.
-                state = set_handoff(state, None)
             decision = decide(state, item.intent, now, self._profile)
             if isinstance(decision, Refused):
                 await self._drop(conn, item, Outcome.DROPPED, decision.reason, decision.detail)
@@ -319,8 +317,14 @@ class Sender:
                 await save_state(conn, account.id, item.user_id, mark_unreachable(state, now), now)
             if cls is ErrorClass.WINDOW_CLOSED:
                 # The bot's own rules should have stopped this send: a policy bug to count.
+                # Meta's verdict closes the basis in the contact's state, so the other sends
+                # queued on it are dropped with the reason instead of refused one by one.
                 self._metrics.inc("policy_bugs", help="sends Meta refused as outside a window")
                 log.error("Meta refused outbox %d as outside the window: %s", item.id, exc)
+                if allowed is not None:
+                    state = await self._state(conn, account, item)
+                    closed = record_meta_refusal(state, allowed, now, exc.code, exc.subcode)
+                    await self._remember_state(conn, account, item, closed, now)
             await finish(conn, item.id, "dropped")
             await self._log_error(conn, item, Outcome.FAILED, exc, now)
         return True
@@ -353,9 +357,24 @@ class Sender:
         state: ConversationState,
         now: datetime,
     ) -> None:
+        await self._remember_state(conn, account, item, state, now)
+        if item.kind is SendKind.PRIVATE_REPLY and item.comment_id:
+            await mark_comment_replied(conn, account.id, item.comment_id, now)
+
+    async def _remember_state(
+        self,
+        conn: aiosqlite.Connection,
+        account: Account,
+        item: OutboxItem,
+        state: ConversationState,
+        now: datetime,
+    ) -> None:
+        """The contact's new state; an authorless comment's basis lives on its comment row."""
         if item.user_id is not None:
             await save_state(conn, account.id, item.user_id, state, now)
-        if item.kind is SendKind.PRIVATE_REPLY and item.comment_id:
+        elif item.comment_id is not None and any(
+            r.comment_id == item.comment_id for r in state.meta_refusals
+        ):
             await mark_comment_replied(conn, account.id, item.comment_id, now)
 
     async def _drop(

@@ -42,6 +42,7 @@ from bot.policy import (
     load_profile,
     mark_unreachable,
     open_bases,
+    record_meta_refusal,
     record_send,
     set_handoff,
 )
@@ -133,10 +134,36 @@ def test_no_open_basis_when_the_user_never_wrote() -> None:
 
 
 def test_private_reply_goes_to_the_comment_id_within_seven_days() -> None:
-    d = allowed(state_of([comment(T0)]), Intent(comment_id="c1"), T0 + 6 * D)
+    # Page comments carry their own creation time: the whole 7 days.
+    d = allowed(state_of([comment(T0, platform=FB)], FB), Intent(comment_id="c1"), T0 + 6 * D)
     assert d.basis is BasisKind.PRIVATE_REPLY
     assert (d.recipient_field, d.recipient_value, d.comment_id) == ("comment_id", "c1", "c1")
     assert d.until == T0 + 7 * D
+
+
+def test_an_instagram_comment_window_is_shorter_by_meta_s_webhook_retry_horizon() -> None:
+    # The webhook's time is when Meta sent it, and Meta retries for up to 36 h (POLICY.md §2):
+    # the comment may be that much older, so a late private reply stops 36 h early.
+    state = state_of([comment(T0)])
+    assert allowed(state, Intent(comment_id="c1"), T0 + 5 * D).until == T0 + 7 * D - 36 * H
+    d = refused(state, Intent(comment_id="c1"), T0 + 6 * D)
+    assert d.reason is R.PRIVATE_REPLY_EXPIRED
+
+
+def test_every_basis_counts_as_closed_a_safety_margin_before_it_closes() -> None:
+    # A send decided 1 s before the 24 h close reached Meta after it (10/2018278).
+    margin = PROFILE.instagram.send_margin
+    assert margin >= timedelta(seconds=15)
+    ms = timedelta(milliseconds=1)
+    state = state_of([dm(T0), comment(T0)])
+    assert allowed(state, PROMO, T0 + 24 * H - margin - ms).until == T0 + 24 * H
+    d = refused(state, PROMO, T0 + 24 * H - timedelta(seconds=1))
+    assert d.reason is R.WINDOW_CLOSED and "closes at" in d.detail and "15s early" in d.detail
+    end = T0 + 7 * D - 36 * H
+    assert allowed(state, Intent(comment_id="c1"), end - margin - ms).until == end
+    assert refused(state, Intent(comment_id="c1"), end - margin).reason is R.PRIVATE_REPLY_EXPIRED
+    human = refused(state, HUMAN_SUPPORT, T0 + 7 * D - timedelta(seconds=1))
+    assert human.reason is R.HUMAN_AGENT_WINDOW_CLOSED
 
 
 def test_private_reply_is_refused_after_seven_days() -> None:
@@ -178,8 +205,11 @@ def test_a_second_comment_gives_a_new_private_reply_even_while_awaiting_a_reply(
     assert allowed(state, Intent(comment_id="c2"), T0 + 3 * H).comment_id == "c2"
 
 
+STRICT = PROFILE.with_platform(replace(PROFILE.instagram, private_reply_strict=True))
+
+
 def test_after_a_private_reply_nothing_else_goes_until_the_user_writes() -> None:
-    state = state_of([dm(T0), comment(T0 + H)])  # the standard window is open too
+    state = state_of([dm(T0 - 2 * D), comment(T0 + H)])  # an old DM: its window is closed
     state = record_send(state, allowed(state, Intent(comment_id="c1"), T0 + 2 * H), T0 + 2 * H)
     d = refused(state, PROMO, T0 + 3 * H)
     assert (d.reason, d.next_possible) == (R.AWAITING_USER_REPLY, None)
@@ -188,12 +218,70 @@ def test_after_a_private_reply_nothing_else_goes_until_the_user_writes() -> None
     assert allowed(state, PROMO, T0 + 5 * H).until == T0 + 28 * H
 
 
-def test_an_older_message_or_an_echo_does_not_lift_the_private_reply_wait() -> None:
+def test_a_dm_written_before_the_private_reply_went_out_is_answered_in_its_window() -> None:
+    # With a slow Graph API, users' "yes" arrived while their private replies were queued:
+    # their own DM opened the 24 h window (POLICY.md §1), and a later private reply doesn't
+    # close it. When that window closes, the wait for a reply holds again.
+    state = state_of([comment(T0)])
+    state = apply_event(state, dm(T0 + H), PROFILE)  # written before the reply went
+    state = record_send(state, allowed(state, Intent(comment_id="c1"), T0 + 2 * H), T0 + 2 * H)
+    assert allowed(state, PROMO, T0 + 4 * H).basis is BasisKind.STANDARD_WINDOW
+    assert refused(state, PROMO, T0 + 25 * H).reason is R.AWAITING_USER_REPLY
+
+
+def test_the_strict_profile_waits_for_a_message_written_after_the_private_reply() -> None:
     state = state_of([comment(T0)])
     state = record_send(state, allowed(state, Intent(comment_id="c1"), T0 + 2 * H), T0 + 2 * H)
     state = apply_event(state, dm(T0 + H), PROFILE)  # arrived late, written before the reply
     state = apply_event(state, echo(T0 + 3 * H), PROFILE)
+    assert refused(state, PROMO, T0 + 4 * H, STRICT).reason is R.AWAITING_USER_REPLY
+    state = apply_event(state, dm(T0 + 5 * H), PROFILE)
+    assert allowed(state, PROMO, T0 + 6 * H, STRICT).until == T0 + 29 * H
+
+
+def test_an_echo_does_not_lift_the_private_reply_wait() -> None:
+    state = state_of([comment(T0)])
+    state = record_send(state, allowed(state, Intent(comment_id="c1"), T0 + 2 * H), T0 + 2 * H)
+    state = apply_event(state, echo(T0 + 3 * H), PROFILE)
     assert refused(state, PROMO, T0 + 4 * H).reason is R.AWAITING_USER_REPLY
+
+
+# --- Meta's own verdict ----------------------------------------------------------------------
+
+
+def test_meta_s_outside_the_window_closes_the_basis_until_the_person_writes() -> None:
+    state = state_of([dm(T0)])
+    sent = allowed(state, PROMO, T0 + H)
+    state = record_meta_refusal(state, sent, T0 + H, 10, 2018278)
+    d = refused(state, PROMO, T0 + 2 * H)
+    assert d.reason is R.CLOSED_BY_META and "10/2018278" in d.detail
+    assert refused(
+        state, Intent.optin_request(OptInKind.MARKETING, "sale"), T0 + 2 * H
+    ).reason in (
+        R.OPTIN_OUTSIDE_WINDOW,
+        R.CLOSED_BY_META,
+    )
+    state = apply_event(state, dm(T0 + 3 * H), PROFILE)
+    assert allowed(state, PROMO, T0 + 4 * H).basis is BasisKind.STANDARD_WINDOW
+
+
+def test_meta_s_refusal_of_a_token_or_a_private_reply_closes_it_for_good() -> None:
+    state = state_of([comment(T0), optin(T0, "sale", "tok-1")])
+    reply = allowed(state, Intent(comment_id="c1"), T0 + H)
+    token = allowed(state, Intent(via_token=OptInKind.MARKETING, topic="sale"), T0 + H)
+    state = record_meta_refusal(state, reply, T0 + H, 10, 2018278)
+    state = record_meta_refusal(state, token, T0 + H, 10, 2018278)
+    state = apply_event(state, dm(T0 + 2 * H), PROFILE)  # a message reopens windows only
+    assert refused(state, Intent(comment_id="c1"), T0 + 3 * H).reason is R.CLOSED_BY_META
+    d = refused(state, Intent(via_token=OptInKind.MARKETING, topic="sale"), T0 + 3 * H)
+    assert d.reason is R.CLOSED_BY_META
+
+
+def test_the_hand_over_message_itself_goes_after_the_hand_over() -> None:
+    state = set_handoff(state_of([dm(T0)]), T0 + H)
+    assert refused(state, PROMO, T0 + 2 * H).reason is R.HUMAN_HANDOFF
+    handover = Intent(content=Content.SUPPORT, handover=True)
+    assert allowed(state, handover, T0 + 2 * H).basis is BasisKind.STANDARD_WINDOW
 
 
 # --- human agent -----------------------------------------------------------------------------
@@ -333,7 +421,7 @@ def test_a_non_ad_referral_opens_no_ad_window() -> None:
 def test_open_bases_lists_every_open_basis_with_its_deadline() -> None:
     state = state_of([dm(T0), comment(T0, "c1"), optin(T0), one_time(T0)])
     assert open_bases(state, T0 + H, PROFILE) == [
-        OpenBasis(BasisKind.PRIVATE_REPLY, T0 + 7 * D, comment_id="c1"),
+        OpenBasis(BasisKind.PRIVATE_REPLY, T0 + 7 * D - 36 * H, comment_id="c1"),
         OpenBasis(BasisKind.STANDARD_WINDOW, T0 + 24 * H),
         OpenBasis(BasisKind.HUMAN_AGENT, T0 + 7 * D),
         OpenBasis(BasisKind.ONE_TIME_NOTIFICATION, T0 + 365 * D, topic="restock"),
@@ -342,10 +430,10 @@ def test_open_bases_lists_every_open_basis_with_its_deadline() -> None:
 
 
 def test_open_bases_after_a_private_reply_lists_only_other_comments() -> None:
-    state = state_of([dm(T0), comment(T0, "c1"), comment(T0, "c2")])
+    state = state_of([dm(T0 - 2 * D), comment(T0, "c1"), comment(T0, "c2")])
     state = record_send(state, allowed(state, Intent(comment_id="c1"), T0 + H), T0 + H)
     assert open_bases(state, T0 + 2 * H, PROFILE) == [
-        OpenBasis(BasisKind.PRIVATE_REPLY, T0 + 7 * D, comment_id="c2"),
+        OpenBasis(BasisKind.PRIVATE_REPLY, T0 + 7 * D - 36 * H, comment_id="c2"),
     ]
 
 

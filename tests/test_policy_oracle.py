@@ -32,20 +32,55 @@ class Oracle:
     sends: list[tuple[datetime, Allowed]] = field(default_factory=list)
     unreachable: datetime | None = None
     handoff: datetime | None = None
+    # Sends Meta refused as outside their window (POLICY.md §5): (when, what was sent on).
+    refused_by_meta: list[tuple[datetime, Allowed]] = field(default_factory=list)
 
     # --- facts ---------------------------------------------------------------------------------
 
     def last_user(self) -> datetime | None:
         return max((e.timestamp for e in self.events if user_initiated(e)), default=None)
 
-    def open_until(self, length: timedelta, now: datetime) -> datetime | None:
-        last = self.last_user()
-        return last + length if last is not None and now < last + length else None
+    def before_close(self, until: datetime, now: datetime) -> bool:
+        """Open at `now`: the bot stops `send_margin` before a basis closes."""
+        return now < until - self.rules.send_margin
 
-    def awaiting(self) -> bool:
+    def meta_shut(
+        self, kind: BasisKind, *, comment_id: str | None = None, token: str | None = None
+    ) -> bool:
+        last = self.last_user()
+        for at, a in self.refused_by_meta:
+            if a.basis is not kind:
+                continue
+            if comment_id is not None or token is not None:
+                if (kind is BasisKind.PRIVATE_REPLY and a.comment_id == comment_id) or (
+                    token is not None and a.token == token
+                ):
+                    return True
+            elif last is None or last <= at:
+                return True
+        return False
+
+    def open_until(
+        self, length: timedelta, now: datetime, kind: BasisKind | None = None
+    ) -> datetime | None:
+        last = self.last_user()
+        if kind is not None and self.meta_shut(kind):
+            return None
+        return (
+            last + length if last is not None and self.before_close(last + length, now) else None
+        )
+
+    def awaiting(self, now: datetime) -> bool:
         replies = [t for t, a in self.sends if a.basis is BasisKind.PRIVATE_REPLY]
         last = self.last_user()
-        return bool(replies) and (last is None or last <= max(replies))
+        if not replies or (last is not None and last > max(replies)):
+            return False
+        # A message from before the private reply keeps its 24 h window (POLICY.md §1).
+        return (
+            last is None
+            or self.rules.private_reply_strict
+            or not self.before_close(last + self.rules.standard_window, now)
+        )
 
     def reachable(self) -> bool:
         last = self.last_user()
@@ -59,10 +94,13 @@ class Oracle:
         ]
         if not mine or any(a.comment_id == comment_id for _, a in self.sends):
             return None
+        if self.meta_shut(BasisKind.PRIVATE_REPLY, comment_id=comment_id):
+            return None
         created = min(e.timestamp for e in mine)
         live = any(e.live for e in mine)
-        window = self.rules.live_comment_window if live else self.rules.private_reply_window
-        return created + window if now < created + window else None
+        r = self.rules
+        window = r.live_comment_window if live else r.private_reply_window - r.comment_time_margin
+        return created + window if self.before_close(created + window, now) else None
 
     def optins(self, kind: OptInKind, topic: str | None) -> list[OptIn]:
         seen = {
@@ -105,14 +143,23 @@ class Oracle:
 
     def one_time_usable(self, topic: str | None, now: datetime) -> bool:
         used = {a.token for _, a in self.sends}
+        shut = BasisKind.ONE_TIME_NOTIFICATION
         return self.rules.one_time_notifications and any(
-            t.token not in used and now < self.expiry(t)
+            t.token not in used
+            and self.before_close(self.expiry(t), now)
+            and not self.meta_shut(shut, token=t.token)
             for t in self.optins(OptInKind.ONE_TIME, topic)
         )
 
     def marketing_usable(self, topic: str | None, now: datetime) -> bool:
         tokens = self.optins(OptInKind.MARKETING, topic)
-        active = [t for t in tokens if now < self.expiry(t) and not self.stopped(t)]
+        active = [
+            t
+            for t in tokens
+            if self.before_close(self.expiry(t), now)
+            and not self.stopped(t)
+            and not self.meta_shut(BasisKind.MARKETING_MESSAGE, token=t.token)
+        ]
         if not self.rules.marketing_messages or not active:
             return False
         # One per period per topic; several opt-ins for a topic: the longest period holds.
@@ -126,21 +173,26 @@ class Oracle:
         window = self.rules.ad_referral_window
         if window is None or not ads:
             return False
-        return now < max(ads) + window and not any(t >= max(ads) for t, _ in self.sends)
+        return (
+            self.before_close(max(ads) + window, now)
+            and not any(t >= max(ads) for t, _ in self.sends)
+            and not self.meta_shut(BasisKind.AD_REFERRAL_WINDOW)
+        )
 
     def human_agent_usable(self, intent: Intent, now: datetime) -> bool:
         return (
             intent.author is Author.HUMAN
             and intent.content is Content.SUPPORT
             and self.rules.human_agent_enabled
-            and self.open_until(self.rules.human_agent_window, now) is not None
+            and self.open_until(self.rules.human_agent_window, now, BasisKind.HUMAN_AGENT)
+            is not None
         )
 
     def tag_usable(self, intent: Intent, now: datetime) -> bool:
         return (
             intent.tag in self.rules.message_tags
             and intent.content is not Content.PROMOTIONAL
-            and self.open_until(self.rules.tag_window, now) is not None
+            and self.open_until(self.rules.tag_window, now, BasisKind.MESSAGE_TAG) is not None
         )
 
     def optin_request_ok(self, intent: Intent, now: datetime) -> bool:
@@ -153,7 +205,7 @@ class Oracle:
         )
         return (
             enabled
-            and self.open_until(r.standard_window, now) is not None
+            and self.open_until(r.standard_window, now, BasisKind.STANDARD_WINDOW) is not None
             and self.requests(now, r.optin_request_cooldown, intent) == 0
             and (
                 r.optin_requests_per_day is None
@@ -170,13 +222,14 @@ class Oracle:
     def allows(self, intent: Intent, now: datetime) -> bool:
         """Whether POLICY.md §1 lets this intent go now."""
         automation = intent.author is Author.AUTOMATION
-        if not self.reachable() or (automation and self.handoff is not None):
+        handed_over = automation and self.handoff is not None and not intent.handover
+        if not self.reachable() or handed_over:
             return False
         if automation and intent.tag == "HUMAN_AGENT":
             return False
         if intent.comment_id is not None:
             return self.comment_until(intent.comment_id, now) is not None
-        if self.awaiting():
+        if self.awaiting(now):
             return False
         if intent.optin is not None:
             return self.optin_request_ok(intent, now)
@@ -185,7 +238,7 @@ class Oracle:
         if intent.via_token is OptInKind.MARKETING:
             return self.marketing_usable(intent.topic, now)
         return (
-            self.open_until(self.rules.standard_window, now) is not None
+            self.open_until(self.rules.standard_window, now, BasisKind.STANDARD_WINDOW) is not None
             or self.ad_usable(now)
             or self.marketing_usable(intent.topic, now)
             or self.one_time_usable(intent.topic, now)
@@ -196,7 +249,7 @@ class Oracle:
     def check_allowed(self, d: Allowed, intent: Intent, now: datetime) -> None:
         """The basis named is really open, for this author and content, until `d.until`."""
         r = self.rules
-        assert d.until > now
+        assert d.until - r.send_margin > now
         if intent.author is Author.AUTOMATION:
             assert d.basis is not BasisKind.HUMAN_AGENT
         if intent.optin is not None:
@@ -205,13 +258,13 @@ class Oracle:
             assert intent.comment_id == d.comment_id == d.recipient_value
             assert d.until == self.comment_until(d.comment_id or "", now)
         elif d.basis is BasisKind.STANDARD_WINDOW:
-            assert d.until == self.open_until(r.standard_window, now)
+            assert d.until == self.open_until(r.standard_window, now, BasisKind.STANDARD_WINDOW)
         elif d.basis is BasisKind.HUMAN_AGENT:
             assert self.human_agent_usable(intent, now)
-            assert d.until == self.open_until(r.human_agent_window, now)
+            assert d.until == self.open_until(r.human_agent_window, now, BasisKind.HUMAN_AGENT)
         elif d.basis is BasisKind.MESSAGE_TAG:
             assert self.tag_usable(intent, now) and d.tag == intent.tag
-            assert d.until == self.open_until(r.tag_window, now)
+            assert d.until == self.open_until(r.tag_window, now, BasisKind.MESSAGE_TAG)
         elif d.basis is BasisKind.AD_REFERRAL_WINDOW:
             assert self.ad_usable(now)
         else:

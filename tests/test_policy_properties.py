@@ -53,6 +53,7 @@ from bot.policy import (
     from_dict,
     mark_unreachable,
     prune,
+    record_meta_refusal,
     record_send,
     set_handoff,
     to_dict,
@@ -156,6 +157,9 @@ def profiles(draw: st.DrawFn, focus: str = "mixed") -> PolicyProfile:
             optin_requests_per_day=draw(one((None, 1, 2, 5))),
             optin_requests_per_week=draw(one((None, 2, 3, 10))),
             live_comment_window=draw(one((60 * MIN, 240 * MIN))),
+            send_margin=draw(one((timedelta(0), timedelta(seconds=15), 30 * MIN))),
+            comment_time_margin=draw(one((timedelta(0), 36 * 60 * MIN))),
+            private_reply_strict=draw(BOOL),
         )
         base = base.with_platform(rules)
     return base
@@ -226,6 +230,9 @@ def sessions(draw: st.DrawFn) -> Session:
     if focus == "mixed":
         for _ in range(draw(ints(0, 2))):
             steps.append((moment(draw), draw(one(("unreachable", "handoff", "handback")))))
+    # Meta refusing the latest send as outside its window (10/2018278), some minutes on.
+    for _ in range(draw(ints(0, 2))):
+        steps.append((moment(draw), "refused_by_meta"))
     steps.sort(key=lambda s: s[0])
     return profile, platform, steps
 
@@ -274,6 +281,11 @@ def test_every_decision_agrees_with_the_oracle(session: Session) -> None:
         elif step in ("handoff", "handback"):
             oracle.handoff = now if step == "handoff" else None
             state = set_handoff(state, oracle.handoff)
+        elif step == "refused_by_meta":
+            if oracle.sends:
+                _, last = oracle.sends[-1]
+                state = record_meta_refusal(state, last, now, 10, 2018278)
+                oracle.refused_by_meta.append((now, last))
         elif isinstance(step, Intent):
             d = decide(state, step, now, profile)
             assert isinstance(d, Allowed) == oracle.allows(step, now), d

@@ -305,8 +305,8 @@ async def test_an_unknown_outcome_is_settled_as_sent_when_metas_echo_arrives(
 
 
 async def test_a_private_reply_in_flight_at_a_crash_still_blocks_other_sends(stack: Stack) -> None:
-    await stack.sim.player.dm(IG_ACCOUNT, "alice", "hi")  # an open window...
-    stack.clock.advance(timedelta(minutes=1))
+    await stack.sim.player.dm(IG_ACCOUNT, "alice", "hi")  # a window long closed...
+    stack.clock.advance(timedelta(hours=25))
     c = await stack.sim.player.comment(IG_ACCOUNT, "alice", "reel1", "PRICING")
     await stack.process()
     item = await queue(

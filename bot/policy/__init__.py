@@ -36,11 +36,12 @@ from bot.policy.profile import (
     parse_duration,
     text_fits,
 )
-from bot.policy.record import mark_unreachable, record_send, set_handoff
+from bot.policy.record import mark_unreachable, record_meta_refusal, record_send, set_handoff
 from bot.policy.serialize import from_dict, to_dict
 from bot.policy.state import (
     CommentBasis,
     ConversationState,
+    MetaRefusal,
     OptInRequest,
     OptInStatusChange,
     Token,
@@ -62,6 +63,7 @@ __all__ = [
     "Decision",
     "Intent",
     "MessagingType",
+    "MetaRefusal",
     "OpenBasis",
     "OptInRequest",
     "OptInStatusChange",
@@ -80,6 +82,7 @@ __all__ = [
     "from_dict",
     "load_profile",
     "mark_unreachable",
+    "record_meta_refusal",
     "open_bases",
     "parse_duration",
     "profile_from_mapping",

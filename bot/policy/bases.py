@@ -19,8 +19,14 @@ from bot.policy.decision import (
     RefusalReason,
     Refused,
 )
-from bot.policy.profile import PlatformProfile
-from bot.policy.state import ConversationState, Token, frequency_period, token_expiry
+from bot.policy.profile import PlatformProfile, format_duration
+from bot.policy.state import (
+    ConversationState,
+    MetaRefusal,
+    Token,
+    frequency_period,
+    token_expiry,
+)
 
 __all__ = [
     "ad_referral",
@@ -45,6 +51,63 @@ def when(t: datetime) -> str:
     return t.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def closing(until: datetime, now: datetime, p: PlatformProfile) -> bool:
+    """Whether a basis open until `until` counts as closed at `now`: `send_margin` early, so
+    a send decided at the edge never reaches Meta after it (10/2018278)."""
+    return now >= until - p.send_margin
+
+
+def _early(until: datetime, now: datetime, p: PlatformProfile) -> str:
+    """Why a basis that is not closed yet is refused: the margin, in a creator's words."""
+    if now >= until:
+        return ""
+    return f" (the bot stops {format_duration(p.send_margin)} early, so no send lands after it)"
+
+
+def _closed_at(until: datetime, now: datetime, p: PlatformProfile) -> str:
+    """ "closed at X", or within the margin "closes at X (the bot stops 15s early ...)"."""
+    verb = "closed" if now >= until else "closes"
+    return f"{verb} at {when(until)}{_early(until, now, p)}"
+
+
+def meta_closed(
+    state: ConversationState,
+    kind: BasisKind,
+    *,
+    comment_id: str | None = None,
+    token: str | None = None,
+) -> MetaRefusal | None:
+    """Meta's own "outside the window" for this basis, if it still holds (POLICY.md §5).
+
+    A window Meta closed stays closed until the person writes after Meta's verdict; a
+    comment's private reply or an opt-in token Meta refused stays closed for good.
+    """
+    last = state.last_user_message_at
+    found = None
+    for r in state.meta_refusals:
+        if r.kind != kind.value:
+            continue
+        if comment_id is not None or token is not None:
+            if (r.comment_id, r.token) != (comment_id, token):
+                continue
+        elif r.comment_id is not None or r.token is not None or (last is not None and last > r.at):
+            continue
+        if found is None or r.at > found.at:
+            found = r
+    return found
+
+
+def _closed_by_meta(r: MetaRefusal, what: str, reopens: bool) -> Refused:
+    code = "" if r.code is None else f" (code {r.code}" + (f"/{r.subcode})" if r.subcode else ")")
+    after = (
+        "; it reopens when the person writes again." if reopens else "; it stays closed for good."
+    )
+    return Refused(
+        R.CLOSED_BY_META,
+        f"Meta refused a send on {what} at {when(r.at)} as outside its window{code}{after}",
+    )
+
+
 def is_unreachable(state: ConversationState) -> bool:
     """Meta said the person can't receive messages, and they haven't written since (§5)."""
     since = state.unreachable_since
@@ -52,11 +115,20 @@ def is_unreachable(state: ConversationState) -> bool:
     return since is not None and (last is None or last <= since)
 
 
-def is_awaiting_user_reply(state: ConversationState) -> bool:
-    """A private reply went out and the user hasn't written after it (POLICY.md §1)."""
+def is_awaiting_user_reply(state: ConversationState, now: datetime, p: PlatformProfile) -> bool:
+    """A private reply went out and the user hasn't written after it (POLICY.md §1).
+
+    A message the user sent before the private reply went out (it was still queued) opened
+    the 24 h window like any message, and a later private reply does not close it: while that
+    window is open the conversation is open, unless the profile takes the stricter reading.
+    """
     sent = state.last_private_reply_at
     last = state.last_user_message_at
-    return sent is not None and (last is None or last <= sent)
+    if sent is None or (last is not None and last > sent):
+        return False
+    if last is None or p.private_reply_strict:
+        return True
+    return closing(last + p.standard_window, now, p)
 
 
 def private_reply(
@@ -76,13 +148,21 @@ def private_reply(
             f"Comment {comment_id} already got its one private reply at "
             f"{when(comment.private_reply_at)}; Meta allows only one per comment.",
         )
-    window = p.live_comment_window if comment.live else p.private_reply_window
+    refused = meta_closed(state, BasisKind.PRIVATE_REPLY, comment_id=comment_id)
+    if refused is not None:
+        return _closed_by_meta(refused, f"comment {comment_id}", reopens=False)
+    # A webhook may carry the time it was sent, not the comment's (`comment_time_margin`);
+    # a live comment's webhook comes while the broadcast runs, never a day later.
+    window = (
+        p.live_comment_window if comment.live else p.private_reply_window - p.comment_time_margin
+    )
     until = comment.created_at + window
-    if now >= until:
+    if closing(until, now, p):
         kind = "live comment" if comment.live else "comment"
         return Refused(
             R.PRIVATE_REPLY_EXPIRED,
-            f"The private reply to {kind} {comment_id} had to go by {when(until)}.",
+            f"The private reply to {kind} {comment_id} had to go by {when(until)}"
+            f"{_early(until, now, p)}.",
         )
     return Allowed(
         basis=BasisKind.PRIVATE_REPLY,
@@ -104,12 +184,15 @@ def standard_window(state: ConversationState, now: datetime, p: PlatformProfile)
             "comment can reach them.",
         )
     until = last + p.standard_window
-    if now >= until:
+    if closing(until, now, p):
         return Refused(
             R.WINDOW_CLOSED,
-            f"The 24-hour window closed at {when(until)}; it reopens when the person writes "
-            "again.",
+            f"The 24-hour window {_closed_at(until, now, p)}; it reopens when the person "
+            "writes again.",
         )
+    refused = meta_closed(state, BasisKind.STANDARD_WINDOW)
+    if refused is not None:
+        return _closed_by_meta(refused, "the 24-hour window", reopens=True)
     return Allowed(
         basis=BasisKind.STANDARD_WINDOW,
         until=until,
@@ -125,7 +208,7 @@ def ad_referral(state: ConversationState, now: datetime, p: PlatformProfile) -> 
         return None
     until = last + p.ad_referral_window
     answered = state.last_send_at is not None and state.last_send_at >= last
-    if now >= until or answered:
+    if closing(until, now, p) or answered or meta_closed(state, BasisKind.AD_REFERRAL_WINDOW):
         return None
     return Allowed(
         basis=BasisKind.AD_REFERRAL_WINDOW,
@@ -155,12 +238,15 @@ def human_agent(
             R.NO_OPEN_BASIS, "This person has never messaged the account, so there is no window."
         )
     until = last + p.human_agent_window
-    if now >= until:
+    if closing(until, now, p):
         return Refused(
             R.HUMAN_AGENT_WINDOW_CLOSED,
-            f"The 7-day human-agent window closed at {when(until)}; it reopens when the person "
-            "writes again.",
+            f"The 7-day human-agent window {_closed_at(until, now, p)}; it reopens when the "
+            "person writes again.",
         )
+    refused = meta_closed(state, BasisKind.HUMAN_AGENT)
+    if refused is not None:
+        return _closed_by_meta(refused, "the human-agent window", reopens=True)
     return Allowed(
         basis=BasisKind.HUMAN_AGENT,
         until=until,
@@ -186,13 +272,16 @@ def message_tag(
         )
     last = state.last_user_message_at
     until = None if last is None else last + p.tag_window
-    if until is None or now >= until:
-        closed = "" if until is None else f" (it closed at {when(until)})"
+    if until is None or closing(until, now, p):
+        closed = "" if until is None else f" (it {_closed_at(until, now, p)})"
         return Refused(
             R.TAG_WINDOW_CLOSED,
             f"Message tags may only be used within {p.tag_window.days} days of the person's "
             f"latest message{closed}.",
         )
+    refused = meta_closed(state, BasisKind.MESSAGE_TAG)
+    if refused is not None:
+        return _closed_by_meta(refused, f"the {tag} tag", reopens=True)
     return Allowed(
         basis=BasisKind.MESSAGE_TAG,
         until=until,
@@ -216,6 +305,20 @@ def _tokens(state: ConversationState, kind: OptInKind, topic: str | None) -> lis
     return [t for t in state.tokens if t.kind is kind and t.topic == topic]
 
 
+_TOKEN_BASIS = {
+    OptInKind.ONE_TIME: BasisKind.ONE_TIME_NOTIFICATION,
+    OptInKind.MARKETING: BasisKind.MARKETING_MESSAGE,
+}
+
+
+def _refused_by_meta(state: ConversationState, tokens: list[Token]) -> MetaRefusal | None:
+    """Meta's refusal of the last of `tokens` when it refused every one of them."""
+    found = [meta_closed(state, _TOKEN_BASIS[t.kind], token=t.token) for t in tokens]
+    if not found or any(r is None for r in found):
+        return None
+    return max((r for r in found if r is not None), key=lambda r: r.at)
+
+
 def _no_token(kind: OptInKind, topic: str | None) -> Refused:
     name = "one-time notification" if kind is OptInKind.ONE_TIME else "marketing messages"
     about = f"topic {topic!r}" if topic is not None else "a message without a topic"
@@ -232,11 +335,19 @@ def one_time_notification(
     if not tokens:
         return _no_token(OptInKind.ONE_TIME, topic)
     unused = [t for t in tokens if t.used_at is None]
+    live = [t for t in unused if not closing(token_expiry(t, p), now, p)]
     usable = sorted(
-        (t for t in unused if now < token_expiry(t, p)),
+        (
+            t
+            for t in live
+            if not meta_closed(state, BasisKind.ONE_TIME_NOTIFICATION, token=t.token)
+        ),
         key=lambda t: (token_expiry(t, p), t.received_at, t.token),
     )
     if not usable:
+        refused = _refused_by_meta(state, live)
+        if refused is not None:
+            return _closed_by_meta(refused, f"the one-time notification for {topic!r}", False)
         if unused:
             return Refused(
                 R.TOKEN_EXPIRED, f"The one-time notification opt-in for {topic!r} has expired."
@@ -266,14 +377,21 @@ def marketing_message(
     tokens = _tokens(state, OptInKind.MARKETING, topic)
     if not tokens:
         return _no_token(OptInKind.MARKETING, topic)
-    live = [t for t in tokens if now < token_expiry(t, p)]
+    live = [t for t in tokens if not closing(token_expiry(t, p), now, p)]
     if not live:
         return Refused(
             R.TOKEN_EXPIRED, f"The marketing-messages opt-in for {topic!r} has expired."
         )
-    active = [t for t in live if not t.stopped]
-    if not active:
+    running = [t for t in live if not t.stopped]
+    if not running:
         return Refused(R.OPTED_OUT, f"This person stopped marketing messages for {topic!r}.")
+    active = [
+        t for t in running if not meta_closed(state, BasisKind.MARKETING_MESSAGE, token=t.token)
+    ]
+    if not active:
+        refused = _refused_by_meta(state, running)
+        assert refused is not None
+        return _closed_by_meta(refused, f"marketing messages on {topic!r}", reopens=False)
     token = max(active, key=lambda t: (t.received_at, t.token))
     # One message per period per topic, across every token for it; if the user opted in more
     # than once, the longest period they chose holds (never more often than they agreed to,

@@ -51,7 +51,9 @@ def _aware(now: datetime) -> None:
         raise ValueError("`now` must be an aware UTC datetime")
 
 
-def _gates(state: ConversationState, intent: Intent) -> Refused | None:
+def _gates(
+    state: ConversationState, intent: Intent, now: datetime, p: PlatformProfile
+) -> Refused | None:
     """Refusals that hold whatever the route, and that no amount of waiting lifts."""
     if bases.is_unreachable(state):
         return Refused(
@@ -59,7 +61,7 @@ def _gates(state: ConversationState, intent: Intent) -> Refused | None:
             "Meta said this person isn't receiving messages; nothing is sent until they write.",
         )
     if intent.author is Author.AUTOMATION:
-        if state.handoff_since is not None:
+        if state.handoff_since is not None and not intent.handover:
             return Refused(
                 R.HUMAN_HANDOFF,
                 f"A human took this conversation over at {when(state.handoff_since)}; "
@@ -71,7 +73,7 @@ def _gates(state: ConversationState, intent: Intent) -> Refused | None:
                 "The human-agent tag is for messages a person writes; Meta forbids it for "
                 "automation.",
             )
-    if intent.comment_id is None and bases.is_awaiting_user_reply(state):
+    if intent.comment_id is None and bases.is_awaiting_user_reply(state, now, p):
         assert state.last_private_reply_at is not None
         return Refused(
             R.AWAITING_USER_REPLY,
@@ -115,7 +117,7 @@ def _evaluate(
     state: ConversationState, intent: Intent, now: datetime, p: PlatformProfile
 ) -> Decision:
     """The decision at `now`; a refusal's `next_possible` is when its own reason lifts."""
-    gate = _gates(state, intent)
+    gate = _gates(state, intent, now, p)
     if gate is not None:
         return gate
     if intent.comment_id is not None:
@@ -208,7 +210,7 @@ def open_bases(
             out.append(
                 OpenBasis(BasisKind.PRIVATE_REPLY, reply.until, comment_id=comment.comment_id)
             )
-    if bases.is_awaiting_user_reply(state):
+    if bases.is_awaiting_user_reply(state, now, p):
         return out
     support = Intent(author=Author.HUMAN, content=Content.SUPPORT)
     for decision in (

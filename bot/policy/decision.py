@@ -87,6 +87,7 @@ class RefusalReason(StrEnum):
     TAG_WINDOW_CLOSED = "tag_window_closed"
     CONTACT_UNREACHABLE = "contact_unreachable"
     HUMAN_HANDOFF = "human_handoff"
+    CLOSED_BY_META = "closed_by_meta"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +98,8 @@ class Intent:
     opt-in request of that kind for `topic`; `via_token` asks for a send on the user's opt-in
     token for `topic`; otherwise the core picks (standard window first). `tag` permits a message
     tag as a fallback (and `HUMAN_AGENT` asks for the human-agent tag, humans only).
+    `handover` marks the message a hand-over step itself sends ("connecting you to a
+    person"): the one automated message that still goes once a human has the contact.
     """
 
     author: Author = Author.AUTOMATION
@@ -106,6 +109,7 @@ class Intent:
     topic: str | None = None
     tag: str | None = None
     via_token: OptInKind | None = None
+    handover: bool = False
 
     def __post_init__(self) -> None:
         if (self.optin is not None) != (self.content is Content.OPTIN_REQUEST):

@@ -50,6 +50,15 @@ def _duration(key: str, value: Any) -> Any:
     raise ProfileError(key, f"expected a duration like 24h, 7d, 90m or 3600s, got {value!r}")
 
 
+def _duration_or_zero(key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError:
+            pass
+    raise ProfileError(key, f"expected a duration like 15s, 36h or 0s, got {value!r}")
+
+
 def _optional_duration(key: str, value: Any) -> Any:
     return None if value is None else _duration(key, value)
 
@@ -103,6 +112,9 @@ FIELD_READERS: Final[Mapping[str, Callable[[str, Any], Any]]] = {
     "message_tags": _tags,
     "tag_window": _D,
     "token_max_age": _D,
+    "send_margin": _duration_or_zero,
+    "comment_time_margin": _duration_or_zero,
+    "private_reply_strict": _B,
     "optin_request_cooldown": _D,
     "optin_requests_per_week": _OI,
     "optin_requests_per_day": _OI,

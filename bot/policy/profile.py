@@ -82,6 +82,20 @@ class PlatformProfile:
     # Opt-in tokens without an expiry are treated as valid for this long after receipt
     # (POLICY.md §1: one-time tokens are valid ≤ 1 year).
     token_max_age: timedelta = timedelta(days=365)
+    # A basis counts as closed this long before it closes: a send decided just before the
+    # edge reaches Meta after it (the Graph call may take its 10 s timeout, and clocks skew),
+    # and Meta refuses it (10/2018278). At least the Graph timeout plus clock skew.
+    send_margin: timedelta = timedelta(seconds=15)
+    # Instagram comment webhooks carry only the time Meta *sent* the notification, and Meta
+    # retries a failed delivery for up to 36 h (POLICY.md §2): a comment may be that much
+    # older than its webhook says, so its 7-day private-reply window is counted that much
+    # shorter. Zero where the comment carries its own creation time (Facebook Pages).
+    comment_time_margin: timedelta = timedelta(hours=36)
+    # After a private reply nothing else may go until the user writes back (POLICY.md §1).
+    # A DM the user sent on their own before the private reply went out opens the 24 h
+    # window like any message; False (the default) answers it. True is the stricter reading:
+    # only a message written after the private reply opens the conversation.
+    private_reply_strict: bool = False
 
     # --- opt-in requests (POLICY.md §1) ---
     optin_request_cooldown: timedelta = timedelta(days=7)
@@ -135,6 +149,8 @@ def _messenger() -> PlatformProfile:
         optin_requests_per_day=None,
         text_max_chars=2000,
         sends_per_engaged_user_per_day=200,
+        # Page comment webhooks carry the comment's own `created_time` (POLICY.md §2).
+        comment_time_margin=timedelta(0),
     )
 
 

@@ -11,9 +11,16 @@ from dataclasses import replace
 from datetime import datetime
 
 from bot.policy.decision import Allowed, BasisKind
-from bot.policy.state import CommentBasis, ConversationState, OptInRequest, Token, later
+from bot.policy.state import (
+    CommentBasis,
+    ConversationState,
+    MetaRefusal,
+    OptInRequest,
+    Token,
+    later,
+)
 
-__all__ = ["mark_unreachable", "record_send", "set_handoff"]
+__all__ = ["mark_unreachable", "record_meta_refusal", "record_send", "set_handoff"]
 
 
 def _first(a: datetime | None, at: datetime) -> datetime:
@@ -72,3 +79,28 @@ def mark_unreachable(state: ConversationState, at: datetime) -> ConversationStat
 def set_handoff(state: ConversationState, at: datetime | None) -> ConversationState:
     """A human took the conversation over (`at`) or handed it back (None): automation waits."""
     return replace(state, handoff_since=at)
+
+
+def record_meta_refusal(
+    state: ConversationState,
+    allowed: Allowed,
+    at: datetime,
+    code: int | None = None,
+    subcode: int | None = None,
+) -> ConversationState:
+    """Meta refused a send made on `allowed` as outside its window (POLICY.md §5): Meta's
+    verdict closes that basis, so no other queued send on it is tried and refused too.
+
+    A window reopens when the person writes after `at`; a comment's private reply and an
+    opt-in token stay closed.
+    """
+    comment_id = allowed.comment_id if allowed.basis is BasisKind.PRIVATE_REPLY else None
+    token = allowed.token if allowed.basis in _TOKEN_BASES else None
+    refusal = MetaRefusal(allowed.basis.value, at, code, subcode, comment_id, token)
+    if refusal in state.meta_refusals:
+        return state
+    refusals = sorted((*state.meta_refusals, refusal), key=lambda r: (r.at, r.kind))
+    return replace(state, meta_refusals=tuple(refusals))
+
+
+_TOKEN_BASES = (BasisKind.ONE_TIME_NOTIFICATION, BasisKind.MARKETING_MESSAGE)

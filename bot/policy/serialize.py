@@ -13,6 +13,7 @@ from bot.events import OptInKind, OptInStatus, Platform
 from bot.policy.state import (
     CommentBasis,
     ConversationState,
+    MetaRefusal,
     OptInRequest,
     OptInStatusChange,
     Token,
@@ -85,6 +86,17 @@ def to_dict(state: ConversationState) -> dict[str, Any]:
             {"status": c.status.value, "at": _t(c.at), "token": c.token, "topic": c.topic}
             for c in state.optin_statuses
         ],
+        "meta_refusals": [
+            {
+                "kind": r.kind,
+                "at": _t(r.at),
+                "code": r.code,
+                "subcode": r.subcode,
+                "comment_id": r.comment_id,
+                "token": r.token,
+            }
+            for r in state.meta_refusals
+        ],
     }
 
 
@@ -131,5 +143,16 @@ def from_dict(data: Mapping[str, Any]) -> ConversationState:
                 OptInStatus(c["status"]), _req(c["at"]), c.get("token"), c.get("topic")
             )
             for c in data.get("optin_statuses", ())
+        ),
+        meta_refusals=tuple(
+            MetaRefusal(
+                kind=str(r["kind"]),
+                at=_req(r["at"]),
+                code=r.get("code"),
+                subcode=r.get("subcode"),
+                comment_id=r.get("comment_id"),
+                token=r.get("token"),
+            )
+            for r in data.get("meta_refusals", ())
         ),
     )

@@ -28,6 +28,7 @@ from bot.policy.profile import PlatformProfile, PolicyProfile
 __all__ = [
     "CommentBasis",
     "ConversationState",
+    "MetaRefusal",
     "OptInRequest",
     "OptInStatusChange",
     "Token",
@@ -97,6 +98,23 @@ class OptInStatusChange:
 
 
 @dataclass(frozen=True, slots=True)
+class MetaRefusal:
+    """Meta refused a send as outside its window (10/2018278 and the like, POLICY.md §5).
+
+    Meta's verdict overrides the bot's own reckoning: the basis (`kind`, a `BasisKind` value)
+    stays closed until the person writes again after `at`, or for good when it names a
+    comment (`comment_id`) or an opt-in token (`token`), which no message reopens.
+    """
+
+    kind: str
+    at: datetime
+    code: int | None = None
+    subcode: int | None = None
+    comment_id: str | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ConversationState:
     """Everything the policy core knows about one contact; the store persists it as a dict."""
 
@@ -112,6 +130,7 @@ class ConversationState:
     optin_statuses: tuple[OptInStatusChange, ...] = ()
     unreachable_since: datetime | None = None
     handoff_since: datetime | None = None
+    meta_refusals: tuple[MetaRefusal, ...] = ()
 
 
 def later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -285,7 +304,7 @@ def prune(
 
     Comments are kept a day past the longest private-reply window, spent tokens a year (so a
     re-delivered opt-in webhook can't bring a used token back), opt-in requests a day past
-    the cooldown, STOP/RESUME records a year.
+    the cooldown, STOP/RESUME records a year, Meta's refusals while they still close something.
     """
     p = profile if isinstance(profile, PlatformProfile) else profile.for_platform(state.platform)
     day = timedelta(days=1)
@@ -298,10 +317,25 @@ def prune(
             return False
         return token_expiry(t, p) >= spent_horizon
 
+    comments = tuple(c for c in state.comments if c.created_at >= comment_horizon)
+    tokens = tuple(t for t in state.tokens if keep_token(t))
+    comment_ids = {c.comment_id for c in comments}
+    token_ids = {t.token for t in tokens}
+
+    def keep_refusal(r: MetaRefusal) -> bool:
+        if r.comment_id is not None:
+            return r.comment_id in comment_ids
+        if r.token is not None:
+            return r.token in token_ids
+        # A window Meta closed reopens with the person's next message: then it says nothing.
+        last = state.last_user_message_at
+        return last is None or r.at >= last
+
     return replace(
         state,
-        comments=tuple(c for c in state.comments if c.created_at >= comment_horizon),
-        tokens=tuple(t for t in state.tokens if keep_token(t)),
+        comments=comments,
+        tokens=tokens,
         optin_requests=tuple(r for r in state.optin_requests if r.at >= request_horizon),
         optin_statuses=tuple(c for c in state.optin_statuses if c.at >= now - _KEEP_STATUSES),
+        meta_refusals=tuple(r for r in state.meta_refusals if keep_refusal(r)),
     )

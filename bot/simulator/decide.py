@@ -118,7 +118,7 @@ def _to_user(m: Model, account: SimAccount, req: SendRequest, now: datetime) -> 
         return refuse(Reason.UNKNOWN_USER, "No matching user found", user_id=user)
     if (unreachable := _reachable(m, user)) is not None:
         return unreachable
-    if c.awaiting_reply():
+    if c.awaiting_reply(now, m.rules.standard_window, m.rules.private_reply_strict):
         return refuse(
             Reason.AWAITING_USER_REPLY,
             "After a private reply nothing else may be sent until the user writes back.",
@@ -245,7 +245,10 @@ def _with_token(m: Model, account: SimAccount, req: SendRequest, now: datetime) 
     if (unreachable := _reachable(m, user)) is not None:
         return unreachable
     c = m.contact(account.id, user)
-    if m.rules.private_reply_blocks_tokens and c.awaiting_reply():
+    strict = m.rules.private_reply_strict
+    if m.rules.private_reply_blocks_tokens and c.awaiting_reply(
+        now, m.rules.standard_window, strict
+    ):
         return refuse(
             Reason.AWAITING_USER_REPLY,
             "After a private reply nothing else may be sent until the user writes back.",

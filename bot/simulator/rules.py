@@ -116,6 +116,9 @@ class SimulatorRules:
     human_agent_feature: bool = True
     # "After the private reply, nothing else may be sent" (§1); True also blocks token sends.
     private_reply_blocks_tokens: bool = True
+    # True: a DM written before the private reply went out does not open the conversation
+    # (the stricter reading of §1); False: it opened the 24 h window like any message.
+    private_reply_strict: bool = False
     # Buttons / quick replies in Instagram private replies are disputed (§3).
     instagram_private_reply_text_only: bool = False
     instagram_text_bytes: int = 1000

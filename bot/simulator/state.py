@@ -6,7 +6,7 @@ Plain mutable dataclasses; the rules that read them live in `decide.py` (POLICY.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from bot.events import OptInKind, Platform
 
@@ -37,11 +37,19 @@ class Contact:
     last_private_reply: datetime | None = None
     optin_requests: list[OptinSent] = field(default_factory=list)
 
-    def awaiting_reply(self) -> bool:
-        """A private reply went out and the user has not written since (POLICY.md §1)."""
+    def awaiting_reply(self, now: datetime, window: timedelta, strict: bool = False) -> bool:
+        """A private reply went out and the user has not written since (POLICY.md §1).
+
+        A message the user wrote before the private reply went out opened the 24 h window
+        like any message, and the private reply does not close it (POLICY.md §1); `strict`
+        is the stricter reading, where only a message after the private reply counts.
+        """
         if self.last_private_reply is None:
             return False
-        return self.last_user_message is None or self.last_user_message <= self.last_private_reply
+        last = self.last_user_message
+        if last is not None and last > self.last_private_reply:
+            return False
+        return last is None or strict or now - last >= window
 
 
 @dataclass(slots=True)

@@ -141,6 +141,7 @@ def intent_to_json(intent: Intent) -> str:
             "topic": intent.topic,
             "tag": intent.tag,
             "via_token": intent.via_token.value if intent.via_token else None,
+            "handover": intent.handover,
         },
         separators=(",", ":"),
     )
@@ -156,6 +157,7 @@ def intent_from_json(text: str) -> Intent:
         topic=d.get("topic"),
         tag=d.get("tag"),
         via_token=OptInKind(d["via_token"]) if d.get("via_token") else None,
+        handover=bool(d.get("handover", False)),
     )
 
 
