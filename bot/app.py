@@ -141,11 +141,21 @@ def create_app(
             rt.engine,
             metrics,
             wake=rt.inbox.committed,
+            generation=lambda: rt.inbox.generation if rt.inbox else 0,
             ingest_busy=rt.inbox.busy,
             ingest_flooded=rt.inbox.flooded,
             on_commit=rt.wakeup.kick,
         )
-        rt.sender = Sender(rt.db, clock, rt.graph, profile, config, metrics, rng=rng)
+        rt.sender = Sender(
+            rt.db,
+            clock,
+            rt.graph,
+            profile,
+            config,
+            metrics,
+            rng=rng,
+            before_send=rt.worker.settle_contact,
+        )
         rt.dispatcher = Dispatcher(rt.engine, rt.sender)
         stopping = asyncio.Event()
         if start_workers:

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ck = sub.add_parser("check", help="validate every flow and template; report all problems")
     ck.add_argument("--flows", type=Path, help="flows folder (default: from the settings)")
     ck.add_argument("--templates", type=Path, help="templates folder (default: from settings)")
+    from bot.inbox_command import add_inbox_parser, inbox_command
+
+    add_inbox_parser(sub)
     from bot.sandbox import add_sandbox_parser, run_sandbox_command
 
     add_sandbox_parser(sub)
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
         if args.command == "simulate":
             return simulate_command(args)
+        if args.command == "inbox":
+            return asyncio.run(inbox_command(args, load_config(args.config), sys.stdout))
         if args.command in ("resume", "release"):
             return asyncio.run(_admin(args, load_config(args.config)))
         if args.command == "status":

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -51,6 +52,10 @@ _IG_COMMENT_FIELDS = {"comments": False, "live_comments": True}  # field -> live
 _MS_THRESHOLD = 1e11  # above: milliseconds (year 1973 onwards); below: seconds (until 5138)
 _MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time a datetime can hold
 _MAX_ID = 2**63  # Meta ids fit in 64 bits; a bigger "id" is not an id
+# Meta's ids are digits (users, accounts, comments, media) or base64-like message ids and
+# tokens ("aWdfZAG1...", "mid.1457764197618:41d1..."): nothing else is an id, and nothing
+# from outside that lands in a log line or a key may carry a newline or a control character.
+_ID = re.compile(r"[A-Za-z0-9._:=+/-]{1,512}")
 
 
 class MalformedDelivery(BotError):
@@ -209,6 +214,10 @@ class _Entry:
         is_echo = message is not None and _flag(message, "is_echo", f"{where}.message")
         sender = _nested_id(it, "sender", where)
         recipient = _nested_id(it, "recipient", where)
+        if message is not None and not is_echo and sender is not None and sender == self.account:
+            # The account's own message without `is_echo` (seen in the wild): an echo all the
+            # same, whose contact is the recipient; never a message from the account to itself.
+            is_echo = True
         # Echoes are the account's own messages: the contact is the recipient (§2).
         user = recipient if is_echo else sender
         account = self.account or (sender if is_echo else recipient)
@@ -217,7 +226,7 @@ class _Entry:
         ms = _opt_time(it, "timestamp", where) or self.time_ms
         if ms is None:
             raise _Bad("no timestamp")
-        env = _Env(self.platform, account, user, ms, standby)
+        env = _Env(self.platform, account, user, ms, standby, is_echo)
         if message is not None:
             return _message(env, message, f"{where}.message")
         for kind, parse in _MESSAGING_PARSERS.items():
@@ -264,6 +273,7 @@ class _Env:
     user: str | None
     ms: int
     standby: bool
+    echo: bool = False
 
     def base(self, key: str) -> dict[str, Any]:
         return {
@@ -278,7 +288,7 @@ class _Env:
 
 def _message(env: _Env, m: Mapping[str, Any], where: str) -> Message:
     mid = _req_id(m, "mid", where, "message without mid")
-    is_echo = _flag(m, "is_echo", where)
+    is_echo = _flag(m, "is_echo", where) or env.echo
     is_deleted = _flag(m, "is_deleted", where)
     # A deleted notice repeats the original mid, and an echo's mid is the account's own:
     # each needs its own key so it is not dropped as a duplicate of the message.
@@ -506,9 +516,22 @@ def _opt_list(parent: Mapping[str, Any], name: str, where: str) -> Sequence[obje
 
 def _opt_str(parent: Mapping[str, Any], name: str, where: str) -> str | None:
     value = parent.get(name)
-    if value is None or isinstance(value, str):
-        return value
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _valid_text(value)
     raise _Bad(f"{where}.{name} is {_kind(value)}, not a string")
+
+
+def _valid_text(text: str) -> str:
+    """The text as UTF-8 can carry it: a lone surrogate (JSON's "\ud800", which Python
+    decodes but can't encode) becomes U+FFFD, so SQLite, the templates and the Send API all
+    take it, and one odd character costs itself, not its delivery."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def _flag(parent: Mapping[str, Any], name: str, where: str) -> bool:
@@ -524,7 +547,11 @@ def _opt_id(parent: Mapping[str, Any], name: str, where: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return value or None
+        if not value:
+            return None
+        if _ID.fullmatch(value):
+            return value
+        raise _Bad(f"{where}.{name} is not an id (Meta's ids are digits or base64 letters)")
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_ID:
         return str(value)
     raise _Bad(f"{where}.{name} is {_kind(value)}, not an id")

@@ -379,6 +379,8 @@ def _starts_or_answers(ev: Event) -> bool:
     """Events a flow can start on or a waiting run can take as the user's answer."""
     if ev.standby:
         return False  # another app owns the thread: record, never answer
+    if ev.user_id is not None and ev.user_id == ev.account_id:
+        return False  # the account itself is no contact: the bot never talks to itself
     if isinstance(ev, Comment):
         return ev.verb is CommentVerb.ADD
     if isinstance(ev, Message):

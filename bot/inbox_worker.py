@@ -1,10 +1,21 @@
-"""Turns stored deliveries into events for the engine, exactly once each.
+"""Turns stored deliveries into applied events, exactly once each, in two steps.
 
-Per batch, one transaction: events are de-duplicated against every event ever seen and handed
-to the engine in per-contact timestamp order. A crash anywhere inside rolls all of it back, so
-the batch is simply done again after a restart. The deliveries are then marked processed in the
-inbox file (bot/store/inbox.py says why that needs no shared transaction). A delivery that
-can't be processed is kept as `bad` with the reason, never dropped.
+Ingest: a batch of deliveries is parsed, and in one transaction of the main file every event
+is recorded as seen (Meta retries and duplicates deliveries) and the new ones are queued per
+contact (bot/store/events.py); then the deliveries are marked processed in the inbox file. A
+crash in between only means reading them again, and every event of them is then a duplicate.
+Ingest is cheap (a parse and two inserts an event), so it keeps up where the engine can't.
+
+Apply: queued events go to the engine in per-contact timestamp order, and leave the queue in
+the engine's transaction. An event the engine can't apply is set aside alone with its reason
+(`bot inbox` lists it, `bot inbox replay` queues it again); the rest of its batch goes on.
+
+`settle_contact` is what the sender calls before each send: every delivery acknowledged so far
+is ingested, and that contact's queued events are applied, so a STOP or a hand-over waiting
+behind minutes of backlog takes effect before the next send to that contact.
+
+A storage error that may pass (a full disk, a locked or unreadable file) is never a verdict on
+the data: the step is retried with back-off, the worker lives on, and it resumes by itself.
 """
 
 from __future__ import annotations
@@ -12,19 +23,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
 from typing import Protocol
 
 import aiosqlite
 
-from bot.clock import Clock, to_ms
+from bot.clock import Clock, from_ms, to_ms
 from bot.delivery import MalformedDelivery, ParsedDelivery, contact_order, parse_delivery
+from bot.errors import StoreUnavailable
 from bot.events import Event, Unknown
 from bot.metrics import Metrics
-from bot.store.db import Database, fetch_all
+from bot.store.db import Database
+from bot.store.events import (
+    QueuedEvent,
+    claim_contact,
+    claim_one,
+    claim_queued,
+    contact_has_queued,
+    decode_event,
+    delete_queued,
+    first_seen,
+    queue_events,
+    set_aside,
+)
 from bot.store.inbox import InboxRow, claim_new, mark_processed
 
-__all__ = ["EventSink", "InboxWorker"]
+__all__ = ["EventSink", "InboxWorker", "is_transient"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +59,15 @@ log = logging.getLogger(__name__)
 class EventSink(Protocol):
     async def handle(self, conn: aiosqlite.Connection, events: Sequence[Event]) -> None:
         """Apply events (new, in contact order) inside the caller's transaction."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A storage failure that may pass by itself: retried, never held against the data.
+
+    SQLite reports a full disk, a locked file, an I/O error or a file it can't open as
+    OperationalError; a bad value (a lone surrogate, a bug) is anything else.
+    """
+    return isinstance(exc, sqlite3.OperationalError | StoreUnavailable | OSError)
 
 
 class InboxWorker:
@@ -44,6 +80,7 @@ class InboxWorker:
         metrics: Metrics,
         *,
         wake: asyncio.Event | None = None,
+        generation: Callable[[], int] = lambda: 0,
         ingest_busy: Callable[[], bool] = lambda: False,
         ingest_flooded: Callable[[], bool] = lambda: False,
         on_commit: Callable[[], None] = lambda: None,
@@ -53,6 +90,8 @@ class InboxWorker:
         flood_share: float = 0.1,
         busy_hold: float = 0.004,
         max_yield: float = 0.5,
+        retry_first: float = 0.1,
+        retry_max: float = 30.0,
     ) -> None:
         self._db = db
         self._inbox = inbox
@@ -60,6 +99,7 @@ class InboxWorker:
         self._sink = sink
         self._metrics = metrics
         self._wake = wake or asyncio.Event()
+        self._generation = generation
         self._batch = batch
         self._poll = poll_seconds
         self._stopping = False
@@ -69,8 +109,14 @@ class InboxWorker:
         self._flood_share = flood_share
         self._busy_hold = busy_hold
         self._max_yield = max_yield
+        self._retry_first = retry_first
+        self._retry_max = retry_max
         self._on_commit = on_commit
         self._size = batch  # deliveries per transaction now; smaller while webhooks pour in
+        self._ingest_lock = asyncio.Lock()
+        # The writer's commit count up to which every delivery has been ingested.
+        self.ingested_generation = -1
+        self.failures = 0  # storage failures in a row; 0 once a step succeeds again
 
     def stop(self) -> None:
         """Finish the batch under way, then return from `run` (never cancel mid-batch)."""
@@ -80,15 +126,23 @@ class InboxWorker:
     async def run(self) -> None:
         while not self._stopping:
             started = self._clock.monotonic()
-            if n := await self.process_once(self._size):
+            try:
+                n = await self.step(self._size)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                await self._back_off(exc)
+                continue
+            if n:
                 spent = self._clock.monotonic() - started
-                if self._ingest_busy():
+                if self._ingest_busy() and spent > 0:
                     # Acks come first (Meta wants a 200 within seconds, and an ack is what
                     # makes a delivery safe). A webhook waits for the store while a batch
                     # holds it, so batches shrink until one holds it about `busy_hold`, and
                     # the worker takes at most `busy_share` of the loop, catching up when
                     # webhooks ease; `flood_share` while acks queue up by the dozen, a rate
                     # no worker keeps up with anyway (bench/ingest.py measures both sides).
+                    # A batch that took no measurable time (a virtual clock) needs no yield.
                     per = spent / n
                     self._size = max(1, min(self._batch, int(self._busy_hold / per) or 1))
                     share = self._flood_share if self._ingest_flooded() else self._busy_share
@@ -106,33 +160,69 @@ class InboxWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
 
+    async def _back_off(self, exc: BaseException) -> None:
+        """Wait before the next try, doubling to `retry_max`; a stop ends the wait."""
+        self.failures += 1
+        delay = min(self._retry_first * 2 ** (self.failures - 1), self._retry_max)
+        self._metrics.inc("worker_storage_errors", help="storage errors the worker retried")
+        if self.failures == 1 or self.failures % 10 == 0:
+            log.error(
+                "storage error (%d in a row); nothing is lost, retrying in %.1f s: %s",
+                self.failures,
+                delay,
+                exc,
+            )
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def step(self, limit: int | None = None) -> int:
+        """One batch of each step: what is acknowledged is ingested first, then applied.
+        Returns deliveries plus events taken: 0 when there was nothing to do."""
+        deliveries, events = await self._step(limit)
+        return deliveries + events
+
+    async def _step(self, limit: int | None) -> tuple[int, int]:
+        deliveries = await self.ingest_once(limit)
+        events = await self.apply_once(limit)
+        if self.failures:
+            log.info("storage works again after %d failed tries", self.failures)
+            self.failures = 0
+        return deliveries, events
+
     async def drain(self, until: float | None = None) -> int:
-        """Process until the inbox is empty, or until the clock's monotonic time `until`
-        (shutdown: a flood's backlog takes minutes, and what is left is safe in the inbox)."""
+        """Process until nothing is left, or until the clock's monotonic time `until`
+        (shutdown: a flood's backlog takes minutes, and what is left is safe in the inbox).
+        Returns the deliveries ingested."""
         total = 0
         while until is None or self._clock.monotonic() < until:
-            if not (n := await self.process_once()):
+            deliveries, events = await self._step(None)
+            if not deliveries and not events:
                 break
-            total += n
+            total += deliveries
         return total
 
-    async def process_once(self, limit: int | None = None) -> int:
-        rows = await claim_new(self._inbox, limit or self._batch)
-        if not rows:
-            return 0
-        parsed = [(row, _parse(row)) for row in rows]
-        try:
-            await self._commit(parsed)
-        except Exception:
-            log.exception("a batch of %d deliveries failed; retrying one by one", len(rows))
-            for one in parsed:
-                try:
-                    await self._commit([one])
-                except Exception as exc:
-                    await self._quarantine(one[0], f"processing failed: {exc!r}")
-        return len(rows)
+    # --- ingest ----------------------------------------------------------------------------
 
-    async def _commit(self, parsed: list[tuple[InboxRow, ParsedDelivery | str]]) -> None:
+    async def ingest_once(self, limit: int | None = None) -> int:
+        """Parse the oldest unprocessed deliveries and queue their new events; how many."""
+        limit = limit or self._batch
+        async with self._ingest_lock:
+            generation = self._generation()
+            rows = await claim_new(self._inbox, limit)
+            if rows:
+                await self._ingest([(row, _parse(row)) for row in rows])
+            if len(rows) < limit:
+                # Everything the writer had committed when this read began is ingested now.
+                self.ingested_generation = max(self.ingested_generation, generation)
+            return len(rows)
+
+    async def ingest_through(self, generation: int) -> None:
+        """Ingest until every delivery of the writer's first `generation` commits is in."""
+        while self.ingested_generation < generation:
+            await self.ingest_once(max(self._batch, 256))
+
+    async def _ingest(self, parsed: list[tuple[InboxRow, ParsedDelivery | str]]) -> None:
         now_ms = to_ms(self._clock.now())
         results: list[tuple[int, int, str | None]] = []  # (inbox id, new events, error)
         candidates: list[tuple[int, Event]] = []
@@ -144,33 +234,108 @@ class InboxWorker:
                 continue
             for problem in result.problems:
                 log.info("delivery %d: %s", row.id, problem)
-            candidates.extend((row.id, ev) for ev in result.events)
+            received = from_ms(row.received_at)
+            candidates.extend((row.id, _no_later(ev, received)) for ev in result.events)
         async with self._db.transaction() as conn:
-            fresh = await _first_seen(conn, candidates)
+            fresh = await first_seen(conn, candidates)
             dupes = len(candidates) - len(fresh)
             if dupes:
                 self._metrics.inc("events_duplicate", dupes, help="events Meta sent again")
             counts: dict[int, int] = {}
+            usable: list[tuple[int, Event]] = []
             for inbox_id, ev in fresh:
                 counts[inbox_id] = counts.get(inbox_id, 0) + 1
                 self._metrics.inc("events", kind=type(ev).__name__.lower(), help="new events")
                 if isinstance(ev, Unknown):
                     log.info("ignored %s event: %s", ev.field or "unknown", ev.reason)
-            results.extend(
-                (row.id, counts.get(row.id, 0), None)
-                for row, result in parsed
-                if not isinstance(result, str)
-            )
-            if fresh:
-                await self._sink.handle(conn, contact_order(ev for _, ev in fresh))
-        # After the commit, in the inbox file: a crash in between only means reading these
-        # deliveries again, and every event of them is then a duplicate.
+                else:
+                    usable.append((inbox_id, ev))
+            await queue_events(conn, usable)
+        results.extend(
+            (row.id, counts.get(row.id, 0), None)
+            for row, result in parsed
+            if not isinstance(result, str)
+        )
         await mark_processed(self._inbox, results, at_ms=now_ms)
-        self._on_commit()
 
-    async def _quarantine(self, row: InboxRow, reason: str) -> None:
-        self._metrics.inc("deliveries_bad", help="signed deliveries that didn't parse")
-        await mark_processed(self._inbox, [(row.id, 0, reason)], at_ms=to_ms(self._clock.now()))
+    # --- apply -----------------------------------------------------------------------------
+
+    async def apply_once(self, limit: int | None = None) -> int:
+        """Apply the oldest queued events; how many were taken (applied or set aside)."""
+        limit = limit or self._batch
+        batch: list[QueuedEvent] = []
+        try:
+            async with self._db.transaction() as conn:
+                batch = await claim_queued(conn, limit)
+                if batch:
+                    await self._apply(conn, batch)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning("a batch of %d events failed (%r); one by one", len(batch), exc)
+            return await self._one_by_one(batch)
+        if batch:
+            self._on_commit()
+        return len(batch)
+
+    async def settle_contact(self, account_id: str, user_id: str | None) -> None:
+        """Before a send to this contact: what they sent that was acknowledged takes effect.
+
+        Every delivery the webhook acknowledged so far is ingested, then this contact's queued
+        events are applied in their order, ahead of everyone else's backlog (events of other
+        contacts keep their place: per-contact order is all the engine needs).
+        """
+        await self.ingest_through(self._generation())
+        if user_id is None or not await contact_has_queued(self._db.reader, account_id, user_id):
+            return
+        while True:
+            batch: list[QueuedEvent] = []
+            try:
+                async with self._db.transaction() as conn:
+                    batch = await claim_contact(conn, account_id, user_id, 256)
+                    if batch:
+                        await self._apply(conn, batch)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                await self._one_by_one(batch)
+                continue
+            if batch:
+                self._on_commit()
+            if len(batch) < 256:
+                return
+
+    async def _apply(self, conn: aiosqlite.Connection, batch: list[QueuedEvent]) -> None:
+        await self._sink.handle(conn, contact_order(decode_event(q.text) for q in batch))
+        await delete_queued(conn, [q.id for q in batch])
+
+    async def _one_by_one(self, batch: list[QueuedEvent]) -> int:
+        """Each event of a failed batch in its own transaction; the one that fails again is
+        set aside with its reason, the others are applied."""
+        for q in batch:
+            try:
+                async with self._db.transaction() as conn:
+                    if again := await claim_one(conn, q.id):
+                        await self._apply(conn, again)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                await self._set_aside(q, exc)
+        self._on_commit()
+        return len(batch)
+
+    async def _set_aside(self, q: QueuedEvent, exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        self._metrics.inc("events_set_aside", help="events the engine could not apply")
+        log.error(
+            "event %d of delivery %d set aside: %s; `bot inbox` lists it",
+            q.id,
+            q.inbox_id,
+            reason,
+            exc_info=exc,
+        )
+        async with self._db.transaction() as conn:
+            await set_aside(conn, q.id, reason, self._clock.now())
 
 
 def _parse(row: InboxRow) -> ParsedDelivery | str:
@@ -180,32 +345,9 @@ def _parse(row: InboxRow) -> ParsedDelivery | str:
         return str(exc)
 
 
-async def _first_seen(
-    conn: aiosqlite.Connection, events: Sequence[tuple[int, Event]]
-) -> list[tuple[int, Event]]:
-    """The events never seen before (in this batch or any earlier), recorded as seen."""
-    new: dict[tuple[str, str], tuple[int, Event]] = {}
-    for inbox_id, ev in events:
-        new.setdefault((ev.account_id, ev.key), (inbox_id, ev))
-    keys = list(new)
-    for i in range(0, len(keys), 400):
-        chunk = keys[i : i + 400]
-        values = ",".join("(?, ?)" for _ in chunk)
-        # One primary-key lookup per key; `(account_id, key) IN (VALUES ...)` of two or more
-        # keys scanned every event ever seen, every batch.
-        for account_id, key in await fetch_all(
-            conn,
-            f"SELECT e.account_id, e.key FROM (VALUES {values}) AS k"
-            " CROSS JOIN events AS e ON e.account_id = k.column1 AND e.key = k.column2",
-            [x for k in chunk for x in k],
-        ):
-            new.pop((account_id, key), None)
-    await conn.executemany(
-        "INSERT INTO events (account_id, key, user_id, kind, at, inbox_id)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (ev.account_id, ev.key, ev.user_id, type(ev).__name__, to_ms(ev.timestamp), inbox_id)
-            for inbox_id, ev in new.values()
-        ],
-    )
-    return list(new.values())
+def _no_later(ev: Event, received: datetime) -> Event:
+    """The event's time, never later than its delivery's arrival: a window must never be
+    believed open longer than Meta could have opened it (a clock skewed into the future)."""
+    if ev.timestamp <= received:
+        return ev
+    return replace(ev, timestamp=received)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -103,6 +104,7 @@ class Sender:
         settings: SenderSettings | None = None,
         owner: str = "sender",
         rng: random.Random | None = None,
+        before_send: Callable[[str, str | None], Awaitable[None]] | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -113,6 +115,9 @@ class Sender:
         self._settings = settings or SenderSettings()
         self._owner = owner
         self._rng = rng or random.Random()
+        # The inbox worker's `settle_contact`: what the contact sent that was acknowledged is
+        # applied before anything goes to them (a STOP in the backlog stops marketing sends).
+        self._before_send = before_send
         # Throttled accounts (code 4/17/32/613...): not before this time.
         self._backoff_until: dict[str, datetime] = {}
         self.next_wake: datetime | None = None
@@ -203,6 +208,8 @@ class Sender:
         """One send; False when the account must stop sending (paused or throttled)."""
         if item.kind is SendKind.PUBLIC_REPLY:
             return await self._public_reply(account, item, self._clock.now())
+        if self._before_send is not None:
+            await self._before_send(account.id, item.user_id)
         async with self._db.transaction() as conn:
             # Read once the write lock is held: a `now` read before it may be seconds old by
             # the time the call leaves, at a window's edge (`send_margin` covers the call).

@@ -211,6 +211,7 @@ async def make_stack(
     clock: VirtualClock,
     *,
     sim_tokens: dict[str, str] | None = None,
+    start_workers: bool = False,
     **config_overrides: Any,
 ) -> Stack:
     from aiohttp.test_utils import TestServer
@@ -231,7 +232,7 @@ async def make_stack(
         for a in base.accounts
     ]
     cfg = make_config(tmp_path, accounts=data_accounts, **config_overrides)
-    client = await aiohttp_client(create_app(cfg, clock=clock, start_workers=False))
+    client = await aiohttp_client(create_app(cfg, clock=clock, start_workers=start_workers))
     sim.webhook_url = str(client.make_url("/webhook"))
     return Stack(client, sim, clock)
 

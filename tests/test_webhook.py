@@ -322,9 +322,10 @@ async def test_deliveries_read_again_after_a_crash_change_nothing(bot: Any) -> N
 
 
 async def test_out_of_order_deliveries_never_rewind_the_window(
-    client: TestClient[Any, Any],
+    client: TestClient[Any, Any], clock: VirtualClock
 ) -> None:
     later, earlier = 1772449200000 + 3_600_000, 1772449200000
+    clock.advance(timedelta(hours=2))  # both in the past when they arrive
     assert await post_signed(client, ig_dm("m2", "second", ts_ms=later)) == 200
     await drain(client)
     assert await post_signed(client, ig_dm("m1", "first", ts_ms=earlier)) == 200

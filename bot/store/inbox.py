@@ -29,10 +29,12 @@ from bot.store.db import Database, fetch_all
 from bot.store.migrations import INBOX_STATE_CHECK, Migration
 
 __all__ = [
+    "BadDelivery",
     "INBOX_MIGRATIONS",
     "InboxRow",
     "InboxWriter",
     "adopt_legacy_inbox",
+    "bad_deliveries",
     "claim_new",
     "inbox_backlog",
     "inbox_counts",
@@ -40,6 +42,7 @@ __all__ = [
     "mark_processed",
     "open_inbox",
     "prune_processed",
+    "replay_deliveries",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,11 +116,15 @@ class InboxWriter:
         clock: Clock,
         *,
         max_batch: int = 1024,
+        max_pending_bytes: int = 256 * 1024 * 1024,
         metrics: Metrics | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._max_batch = max_batch
+        # Appends waiting for their commit hold their bodies: a store that stalls while
+        # deliveries pour in must answer 503 (Meta retries), not grow memory without bound.
+        self._max_pending_bytes = max_pending_bytes
         self._metrics = metrics
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
@@ -126,6 +133,10 @@ class InboxWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set after each commit, so the inbox worker starts at once instead of polling.
         self.committed = asyncio.Event()
+        # Commits so far: the inbox worker notes the value it has read everything up to, so
+        # the sender can tell that every acknowledged delivery has been ingested.
+        self.generation = 0
+        self._pending_bytes = 0
         self._last_append = float("-inf")
         self._committing = False
         self._last_batch = 0
@@ -138,8 +149,11 @@ class InboxWriter:
         """Return once `body` is committed; raise StoreUnavailable if it could not be."""
         if self._closing or self._loop is None:
             raise StoreUnavailable("the bot is shutting down" if self._closing else "not started")
+        if self._pending_bytes + len(body) > self._max_pending_bytes and self._pending:
+            raise StoreUnavailable("the inbox is behind: too many deliveries wait to be stored")
         fut: asyncio.Future[None] = self._loop.create_future()
         self._pending.append((body, fut))
+        self._pending_bytes += len(body)
         self._wake.set()
         await fut
 
@@ -177,6 +191,7 @@ class InboxWriter:
                 self._last_append = self._clock.monotonic()
                 batch = self._pending[: self._max_batch]
                 del self._pending[: len(batch)]
+                self._pending_bytes -= sum(len(body) for body, _ in batch)
                 self._last_batch = len(batch)
                 self._committing = True
                 try:
@@ -204,6 +219,7 @@ class InboxWriter:
                 if not fut.done():
                     fut.set_exception(err)
             return
+        self.generation += 1
         for _, fut in batch:
             if not fut.done():
                 fut.set_result(None)
@@ -318,3 +334,41 @@ async def prune_processed(
         if pause is not None and not await pause():
             break
     return deleted
+
+
+@dataclass(frozen=True, slots=True)
+class BadDelivery:
+    id: int
+    received_at: int
+    size: int
+    error: str
+
+
+async def bad_deliveries(db: Database, limit: int = 1000) -> list[BadDelivery]:
+    """Deliveries kept as bad (not a webhook at all), oldest first, for `bot inbox`."""
+    rows = await fetch_all(
+        db.background,
+        "SELECT id, received_at, length(body), error FROM inbox WHERE state = 'bad'"
+        " ORDER BY id LIMIT ?",
+        (limit,),
+    )
+    return [BadDelivery(int(r[0]), int(r[1]), int(r[2]), str(r[3] or "")) for r in rows]
+
+
+async def replay_deliveries(db: Database, ids: Sequence[int] | None) -> int:
+    """Bad deliveries back to the worker (all when `ids` is None); how many. Their events
+    that were applied before stay duplicates (the `events` table), so nothing goes twice."""
+    async with db.transaction() as conn:
+        if ids is None:
+            cur = await conn.execute(
+                "UPDATE inbox SET state = 'new', error = NULL WHERE state = 'bad'"
+            )
+            return cur.rowcount
+        total = 0
+        for i in ids:
+            cur = await conn.execute(
+                "UPDATE inbox SET state = 'new', error = NULL WHERE id = ? AND state = 'bad'",
+                (i,),
+            )
+            total += cur.rowcount
+        return total

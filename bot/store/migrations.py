@@ -246,4 +246,24 @@ MIGRATIONS: list[Migration] = [
         "CHECK (state = 'pending' OR state = 'sending' OR state = 'sent'"
         " OR state = 'dropped' OR state = 'unknown')",
     ),
+    # 8: events between ingest and the engine (bot/store/events.py): one row per new event,
+    # with its contact, so the sender can apply a contact's acknowledged events before it
+    # sends to them, and an event the engine can't apply is set aside alone.
+    """
+    CREATE TABLE event_queue (
+        id INTEGER PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        user_id TEXT,
+        at INTEGER NOT NULL,
+        inbox_id INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'new' CHECK (state = 'new' OR state = 'bad'),
+        error TEXT,
+        failed_at INTEGER
+    );
+    CREATE INDEX event_queue_new ON event_queue (id) WHERE state = 'new';
+    CREATE INDEX event_queue_contact ON event_queue (account_id, user_id, at)
+        WHERE state = 'new';
+    CREATE INDEX event_queue_bad ON event_queue (id) WHERE state = 'bad';
+    """,
 ]
