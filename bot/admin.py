@@ -7,6 +7,7 @@ from bot.clock import Clock
 from bot.config import Config
 from bot.errors import ConfigError
 from bot.policy import set_handoff
+from bot.store.accounts import lift
 from bot.store.conversations import load_state, save_state
 from bot.store.db import Database
 
@@ -18,16 +19,7 @@ async def resume_account(config: Config, db: Database, account_id: str) -> str |
     if config.account(account_id) is None:
         raise ConfigError(f"no account {account_id!r} in the settings")
     async with db.transaction() as conn:
-        async with conn.execute(
-            "SELECT paused_reason FROM account_state WHERE account_id = ?", (account_id,)
-        ) as cur:
-            row = await cur.fetchone()
-        await conn.execute(
-            "UPDATE account_state SET paused_reason = NULL, paused_at = NULL,"
-            " paused_until = NULL WHERE account_id = ?",
-            (account_id,),
-        )
-    return str(row[0]) if row and row[0] else None
+        return await lift(conn, account_id)
 
 
 async def release_handoff(

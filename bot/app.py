@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import aiohttp
 from aiohttp import web
 
 from bot.clock import Clock, SystemClock, to_ms
@@ -25,7 +24,7 @@ from bot.engine import Engine
 from bot.errors import ConfigError
 from bot.flows.flowset import FlowSet
 from bot.flows.loader import load_flowset
-from bot.graph import GraphClient, Transport
+from bot.graph import GraphClient, Transport, new_session
 from bot.inbox_worker import InboxWorker
 from bot.metrics import Metrics
 from bot.policy import PolicyProfile, load_profile
@@ -125,7 +124,7 @@ def create_app(
         await rt.db.close()
 
     async def http(app: web.Application) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession() as session:
+        async with new_session() as session:
             rt.graph = GraphClient(graph_transport or session, clock=clock)
             yield
 
@@ -171,6 +170,7 @@ def create_app(
         # The whole stop counts against the drain's time, in-flight sends included.
         deadline = clock.monotonic() + config.shutdown_drain_seconds
         rt.worker.stop()
+        rt.sender.stop(deadline)  # no send after the deadline; a call in flight then ends
         stopping.set()
         rt.wakeup.kick()
         if aps is not None:

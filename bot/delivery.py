@@ -323,6 +323,7 @@ def _message(env: _Env, m: Mapping[str, Any], where: str) -> Message:
         is_echo=is_echo,
         is_deleted=is_deleted,
         is_unsupported=_flag(m, "is_unsupported", where),
+        metadata=_opt_str(m, "metadata", where) if is_echo else None,
     )
 
 

@@ -106,7 +106,7 @@ class Engine:
         for ev in usable:
             if isinstance(ev, Message) and ev.is_echo and ev.user_id is not None:
                 settled = await reconcile_echo(
-                    conn, ev.account_id, ev.user_id, ev.text, ev.mid, ev.timestamp
+                    conn, ev.account_id, ev.user_id, ev.mid, ev.metadata, ev.timestamp
                 )
                 if settled is not None:
                     self._metrics.inc("sends_reconciled", help="unknown sends shown sent by echo")

@@ -113,6 +113,9 @@ class Message(_Base):
     is_echo: bool = False
     is_deleted: bool = False
     is_unsupported: bool = False
+    # An echo's `metadata`: what the bot's own send carried (its outbox id), so the echo is
+    # matched to that send by id.
+    metadata: str | None = None
 
     @property
     def is_story_mention(self) -> bool:

@@ -41,6 +41,7 @@ __all__ = [
     "HttpTransport",
     "SendResult",
     "build_send_body",
+    "new_session",
     "classify",
     "classify_transport",
     "redact_url",
@@ -420,6 +421,18 @@ class Transport(Protocol):
         headers: Mapping[str, str],
         client_timeout: aiohttp.ClientTimeout,
     ) -> tuple[int, Mapping[str, str], bytes]: ...
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The session the daemon calls the Graph API with: a new connection for every request.
+
+    A request written to a pooled keep-alive connection the server has just closed fails
+    with no answer, and for a send that is an unknown outcome: counted as sent (at most
+    once), so a private reply that never left was lost. On a fresh connection, a failure
+    before the answer is a real ambiguity, and rare; a send is a few per second at most, so a
+    handshake each is cheap.
+    """
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
 
 
 class HttpTransport:

@@ -7,25 +7,34 @@ replies have none), so one class's backlog never holds back another's: a public 
 DMs" reply under a post goes when due, not behind a day of DMs waiting for the 200/h cap.
 The calls-per-second cap is the account's, shared by every class.
 
-The Graph API call happens outside any transaction: a row is leased ('sending') before the
-call and settled after it. A crash in between leaves it 'sending'; on restart such rows are
-settled by the `delivery` setting: at-most-once (default) marks them unknown, never resends.
+The Graph API call happens outside any transaction: a row is leased, marked 'sending' just
+before the call and settled after it, each step fenced on this sender's lease (owner, state,
+row count), so a second daemon on the same store never sends a row twice. A crash in between
+leaves it 'sending'; such rows are settled by the `delivery` setting at the next start (or
+once their lease runs out): at-most-once (default) marks them unknown, never resends.
+A stop is bounded: no new send after the drain deadline, and a call still in flight then is
+given up and settled as unknown, before a supervisor's SIGKILL could leave it unsettled.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import random
+import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
-from bot.clock import Clock, from_ms, to_ms
+from bot.clock import Clock
 from bot.config import Account, Config
-from bot.graph import ErrorClass, GraphClient, GraphError, build_send_body
+from bot.graph import ErrorClass, GraphClient, GraphError, SendResult, build_send_body
 from bot.metrics import Metrics
 from bot.policy import (
     Allowed,
@@ -38,20 +47,23 @@ from bot.policy import (
     record_meta_refusal,
     record_send,
 )
+from bot.store.accounts import account_holds, hold
 from bot.store.conversations import (
     load_comment,
     load_state,
     mark_comment_replied,
     save_state,
 )
-from bot.store.db import Database, fetch_one
+from bot.store.db import Database
 from bot.store.outbox import (
     OutboxItem,
     Outcome,
     SendClass,
     SendKind,
+    any_in_flight,
     any_past_deadline,
     claim_due,
+    echo_metadata,
     finish,
     in_flight,
     log_send,
@@ -91,6 +103,18 @@ class SenderSettings:
     lease: timedelta = timedelta(minutes=2)
 
 
+# Meta's throttles that hold the whole app, not one account (POLICY.md §5: code 4 is the
+# app's rate limit; 341 "application limit reached"): every account of the app waits.
+APP_WIDE_THROTTLES = frozenset({4, 341})
+
+T = TypeVar("T")
+
+
+def default_owner() -> str:
+    """A lease owner unique to this process: host, pid and a random part (a pid repeats)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 class Sender:
     def __init__(
         self,
@@ -102,7 +126,7 @@ class Sender:
         metrics: Metrics,
         *,
         settings: SenderSettings | None = None,
-        owner: str = "sender",
+        owner: str | None = None,
         rng: random.Random | None = None,
         before_send: Callable[[str, str | None], Awaitable[None]] | None = None,
     ) -> None:
@@ -113,14 +137,28 @@ class Sender:
         self._config = config
         self._metrics = metrics
         self._settings = settings or SenderSettings()
-        self._owner = owner
+        self._owner = owner or default_owner()
         self._rng = rng or random.Random()
         # The inbox worker's `settle_contact`: what the contact sent that was acknowledged is
         # applied before anything goes to them (a STOP in the backlog stops marketing sends).
         self._before_send = before_send
-        # Throttled accounts (code 4/17/32/613...): not before this time.
-        self._backoff_until: dict[str, datetime] = {}
+        # Set by `stop`: no send starts after this monotonic time, and a call in flight then
+        # is given up (settled as unknown).
+        self._stop_at: float | None = None
+        self._stopping = asyncio.Event()
         self.next_wake: datetime | None = None
+
+    @property
+    def owner(self) -> str:
+        return self._owner
+
+    def stop(self, deadline: float) -> None:
+        """The daemon is stopping: send nothing after `deadline` (the clock's monotonic)."""
+        self._stop_at = deadline
+        self._stopping.set()
+
+    def _out_of_time(self) -> bool:
+        return self._stop_at is not None and self._clock.monotonic() >= self._stop_at
 
     # --- the loop body -------------------------------------------------------------------
 
@@ -128,31 +166,36 @@ class Sender:
         """Send everything due now that the caps allow; set `next_wake`; return sends tried."""
         now = self._clock.now()
         await self._expire(now)
+        await self._settle_abandoned(now)
+        holds = await account_holds(self._db.reader)
         wakes: list[datetime] = []
         tried = 0
         for account in self._config.accounts:
-            paused, until = await self._paused(account.id, now)
-            if paused:
-                if until is not None:
-                    wakes.append(until)
-                continue
             # The capped messaging classes first: they take at most their hourly share of
             # the calls-per-second budget, and public replies use what is left of it.
             for send_class in (SendClass.PRIVATE_REPLY, SendClass.DM, SendClass.PUBLIC_REPLY):
-                n, wake = await self._run_class(account, send_class, now)
+                held = holds.get(account.id)
+                if held is not None and held.holds(now):
+                    if held.until is not None:
+                        wakes.append(held.until)
+                    break
+                if self._out_of_time():
+                    self.next_wake = None
+                    return tried
+                n, wake, halted = await self._run_class(account, send_class, now)
                 tried += n
                 if wake is not None:
                     wakes.append(wake)
+                if halted:  # paused or throttled meanwhile (maybe the whole app)
+                    holds = await account_holds(self._db.reader)
         self.next_wake = max(min(wakes), now) if wakes else None
         return tried
 
     async def _run_class(
         self, account: Account, send_class: SendClass, now: datetime
-    ) -> tuple[int, datetime | None]:
-        """Send what is due in one class; return sends tried and when to look again."""
-        throttled = self._backoff_until.get(account.id)
-        if throttled is not None and throttled > now:
-            return 0, throttled
+    ) -> tuple[int, datetime | None, bool]:
+        """Send what is due in one class: sends tried, when to look again, and whether the
+        account was paused or throttled meanwhile."""
         rules = self._profile.for_platform(account.platform)
         cap = hourly_cap(rules, send_class)
         reader = self._db.reader
@@ -172,7 +215,7 @@ class Sender:
         if room > 0:
             if not q.due_now:
                 # Nothing to claim: no write transaction; wake when the next row falls due.
-                return 0, q.next_due
+                return 0, q.next_due, False
             async with self._db.transaction() as conn:
                 items = await claim_due(
                     conn,
@@ -184,30 +227,30 @@ class Sender:
                     lease_until=now + self._settings.lease,
                 )
             for i, item in enumerate(items):
-                if not await self._send(account, item):
-                    # Paused or throttled: the rest go back untouched, not hammered at Meta.
+                if self._out_of_time() or not await self._send(account, item):
+                    # Stopping, paused or throttled: the rest go back untouched.
+                    rest = items[i:] if self._out_of_time() else items[i + 1 :]
                     async with self._db.transaction() as conn:
-                        await unclaim(conn, [x.id for x in items[i + 1 :]])
-                    return i + 1, None
+                        await unclaim(conn, [x.id for x in rest], self._owner)
+                    return len(items) - len(rest), None, not self._out_of_time()
             if len(items) < room:
                 # Everything due went: wake when the next row falls due.
-                return len(items), await next_due_at(
-                    reader, account.id, send_class=send_class, after=now
-                )
+                nxt = await next_due_at(reader, account.id, send_class=send_class, after=now)
+                return len(items), nxt, False
             tried = len(items)
         else:
             tried = 0
         # Capacity ran out: wake when the rolling hour (or second) frees a slot.
         if hour_room is not None and hour_room - tried <= 0 and q.oldest_in_hour is not None:
-            return tried, q.oldest_in_hour + HOUR
-        return tried, (q.oldest_in_second or now) + SECOND
+            return tried, q.oldest_in_hour + HOUR, False
+        return tried, (q.oldest_in_second or now) + SECOND, False
 
     # --- one send ------------------------------------------------------------------------
 
     async def _send(self, account: Account, item: OutboxItem) -> bool:
         """One send; False when the account must stop sending (paused or throttled)."""
         if item.kind is SendKind.PUBLIC_REPLY:
-            return await self._public_reply(account, item, self._clock.now())
+            return await self._public_reply(account, item)
         if self._before_send is not None:
             await self._before_send(account.id, item.user_id)
         async with self._db.transaction() as conn:
@@ -219,16 +262,22 @@ class Sender:
             if isinstance(decision, Refused):
                 await self._drop(conn, item, Outcome.DROPPED, decision.reason, decision.detail)
                 return True
-            await mark_sending(conn, item.id)
-        body = self._body(item, decision)
+            if not await mark_sending(conn, item.id, self._owner, now, now + self._settings.lease):
+                self._lease_lost(item)
+                return True
+        body = self._body(account, item, decision)
         try:
-            result = await self._graph.send_message(account, body)
+            result: SendResult = await self._bounded(self._graph.send_message(account, body))
         except GraphError as exc:
             return await self._failed(account, item, decision, exc)
         async with self._db.transaction() as conn:
+            now = self._clock.now()
+            if not await finish(conn, item.id, "sent", self._owner):
+                self._settled_elsewhere(item)
+                return True
             state = await self._state(conn, account, item)
             await self._remember(conn, account, item, record_send(state, decision, now), now)
-            await self._settle_sent(conn, item, decision.basis.value, result.message_id, now)
+            await self._log_sent(conn, item, decision.basis.value, result.message_id, now)
         log.info(
             "sent %s to %s on %s (outbox %d)",
             item.kind,
@@ -238,32 +287,88 @@ class Sender:
         )
         return True
 
-    def _body(self, item: OutboxItem, allowed: Allowed) -> dict[str, Any]:
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        """The Graph call; once the daemon stops, given up at the drain deadline (the request
+        may have reached Meta: UNKNOWN_OUTCOME, never resent)."""
+        task = asyncio.ensure_future(call)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and self._stop_at is not None:
+                left = self._stop_at - self._clock.monotonic()
+                if left > 0:
+                    timer = asyncio.ensure_future(
+                        self._clock.sleep_until(self._clock.now() + timedelta(seconds=left))
+                    )
+                    await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+                    timer.cancel()
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, GraphError):
+                        await task
+                    raise GraphError(
+                        "the daemon stopped while this call was in flight",
+                        error_class=ErrorClass.UNKNOWN_OUTCOME,
+                    )
+            return task.result()
+        finally:
+            stopping.cancel()
+
+    def _body(self, account: Account, item: OutboxItem, allowed: Allowed) -> dict[str, Any]:
         recipient = allowed.recipient_value or item.user_id
         assert recipient is not None, "the policy allows no user-id send without a user"
         # Meta's private-reply form carries no messaging_type (POLICY.md §3).
         messaging_type = (
             None if allowed.recipient_field == "comment_id" else allowed.messaging_type
         )
+        message = dict(item.message)
+        if self._profile.for_platform(account.platform).echo_metadata:
+            # Meta hands it back on the echo: a send whose outcome was unknown is then
+            # reconciled by its own id, never by its text (`reconcile_echo`).
+            message["metadata"] = echo_metadata(item.id)
         return build_send_body(
-            allowed.recipient_field, recipient, item.message, messaging_type, allowed.tag
+            allowed.recipient_field, recipient, message, messaging_type, allowed.tag
         )
 
-    async def _public_reply(self, account: Account, item: OutboxItem, now: datetime) -> bool:
+    async def _public_reply(self, account: Account, item: OutboxItem) -> bool:
         assert item.comment_id is not None
         async with self._db.transaction() as conn:
-            await mark_sending(conn, item.id)
+            now = self._clock.now()
+            if not await mark_sending(conn, item.id, self._owner, now, now + self._settings.lease):
+                self._lease_lost(item)
+                return True
         try:
-            reply_id = await self._graph.reply_to_comment(
-                account, item.comment_id, str(item.message.get("text", ""))
+            reply_id = await self._bounded(
+                self._graph.reply_to_comment(
+                    account, item.comment_id, str(item.message.get("text", ""))
+                )
             )
         except GraphError as exc:
             return await self._failed(account, item, None, exc)
         async with self._db.transaction() as conn:
-            await self._settle_sent(conn, item, "public_comment", reply_id, now)
+            if not await finish(conn, item.id, "sent", self._owner):
+                self._settled_elsewhere(item)
+                return True
+            await self._log_sent(conn, item, "public_comment", reply_id, self._clock.now())
         return True
 
-    async def _settle_sent(
+    def _lease_lost(self, item: OutboxItem) -> None:
+        self._metrics.inc("sends_fenced", help="sends not made: the lease ran out or was taken")
+        log.warning(
+            "outbox %d not sent: its lease ran out or another sender holds it (it is sent "
+            "once, by whoever holds it)",
+            item.id,
+        )
+
+    def _settled_elsewhere(self, item: OutboxItem) -> None:
+        self._metrics.inc("sends_fenced", help="sends not made: the lease ran out or was taken")
+        log.error(
+            "outbox %d was settled by another sender while its call was in flight (two "
+            "daemons on one database?); it went once, recorded there",
+            item.id,
+        )
+
+    async def _log_sent(
         self,
         conn: aiosqlite.Connection,
         item: OutboxItem,
@@ -271,7 +376,6 @@ class Sender:
         message_id: str | None,
         now: datetime,
     ) -> None:
-        await finish(conn, item.id, "sent")
         await self._log(conn, item, Outcome.SENT, now, basis=basis, message_id=message_id)
         self._metrics.inc(
             "sends", kind=item.kind.value, basis=basis, help="messages Meta accepted"
@@ -287,27 +391,43 @@ class Sender:
         async with self._db.transaction() as conn:
             if cls in (ErrorClass.RETRY, ErrorClass.BACKOFF):
                 if cls is ErrorClass.BACKOFF:
-                    until = now + (exc.retry_after or timedelta(minutes=1))
-                    self._backoff_until[account.id] = until
-                    log.warning("account %s throttled by Meta until %s", account.id, until)
+                    await self._throttle(conn, account, exc, now)
                 retry_at = now + self._backoff(item.attempts, exc.retry_after)
-                if item.attempts >= self._settings.max_attempts or (
-                    item.deadline is not None and retry_at >= item.deadline
-                ):
+                if item.attempts >= self._settings.max_attempts:
                     await self._drop(conn, item, Outcome.EXPIRED, "retries_exhausted", str(exc))
-                    return cls is not ErrorClass.BACKOFF
-                await release(conn, item.id, due_at=retry_at)
-                await self._log_error(conn, item, Outcome.RETRYING, exc, now)
+                elif not await self._still_allowed(conn, account, item, retry_at):
+                    # Asked of the policy now, not of the deadline stored at queue time: the
+                    # user may have written since and reopened the window.
+                    await self._drop(
+                        conn,
+                        item,
+                        Outcome.EXPIRED,
+                        "retries_exhausted",
+                        f"no basis will be open for the retry at {retry_at:%H:%M:%S}: {exc}",
+                    )
+                elif await release(conn, item.id, due_at=retry_at, owner=self._owner):
+                    await self._log_error(conn, item, Outcome.RETRYING, exc, now)
                 return cls is not ErrorClass.BACKOFF
-            if cls in (ErrorClass.ACCOUNT_RESTRICTED, ErrorClass.TOKEN_INVALID):
-                await self._pause(conn, account.id, cls.value, str(exc), now)
-                await release(conn, item.id, due_at=now)
-                await self._log_error(conn, item, Outcome.HELD, exc, now)
+            if cls.pauses_account:
+                await hold(conn, [account.id], f"{cls.value}: {exc}", now, None)
+                self._metrics.inc("accounts_paused", reason=cls.value, help="accounts paused")
+                log.error(
+                    "account %s PAUSED (%s): %s; `bot resume` after fixing it",
+                    account.id,
+                    cls.value,
+                    exc,
+                )
+                if await release(conn, item.id, due_at=now, owner=self._owner):
+                    await self._log_error(conn, item, Outcome.HELD, exc, now)
                 return False
             if cls is ErrorClass.UNKNOWN_OUTCOME:
                 if self._settings.delivery == "at_least_once":
-                    await release(conn, item.id, due_at=now + self._backoff(item.attempts, None))
-                    await self._log_error(conn, item, Outcome.RETRYING, exc, now)
+                    retry_at = now + self._backoff(item.attempts, None)
+                    if await release(conn, item.id, due_at=retry_at, owner=self._owner):
+                        await self._log_error(conn, item, Outcome.RETRYING, exc, now)
+                    return True
+                if not await finish(conn, item.id, "unknown", self._owner):
+                    self._settled_elsewhere(item)
                     return True
                 if allowed is not None:
                     # It may have gone: count it as sent for the rules (one private reply per
@@ -316,7 +436,6 @@ class Sender:
                     await self._remember(
                         conn, account, item, record_send(state, allowed, now), now
                     )
-                await finish(conn, item.id, "unknown")
                 await self._log_error(conn, item, Outcome.UNKNOWN, exc, now)
                 return True
             if cls is ErrorClass.UNREACHABLE and item.user_id is not None:
@@ -327,14 +446,42 @@ class Sender:
                 # Meta's verdict closes the basis in the contact's state, so the other sends
                 # queued on it are dropped with the reason instead of refused one by one.
                 self._metrics.inc("policy_bugs", help="sends Meta refused as outside a window")
-                log.error("Meta refused outbox %d as outside the window: %s", item.id, exc)
                 if allowed is not None:
                     state = await self._state(conn, account, item)
                     closed = record_meta_refusal(state, allowed, now, exc.code, exc.subcode)
                     await self._remember_state(conn, account, item, closed, now)
-            await finish(conn, item.id, "dropped")
-            await self._log_error(conn, item, Outcome.FAILED, exc, now)
+            if cls.alerts:
+                # Meta refused for a reason an operator must fix (a permission or feature
+                # missing, a policy bug): not a quiet drop.
+                self._metrics.inc("alerts", reason=cls.value, help="errors an operator must see")
+                log.error("Meta refused outbox %d (%s): %s", item.id, cls.value, exc)
+            if await finish(conn, item.id, "dropped", self._owner):
+                await self._log_error(conn, item, Outcome.FAILED, exc, now)
         return True
+
+    async def _throttle(
+        self, conn: aiosqlite.Connection, account: Account, exc: GraphError, now: datetime
+    ) -> None:
+        """Meta throttled: the account (or, for the app's own limit, every account) waits,
+        recorded in the store so a restart waits too."""
+        until = now + (exc.retry_after or timedelta(minutes=1))
+        app_wide = exc.code in APP_WIDE_THROTTLES
+        scope = [a.id for a in self._config.accounts] if app_wide else [account.id]
+        await hold(conn, scope, f"throttled by Meta (code {exc.code})", now, until)
+        log.warning(
+            "%s throttled by Meta until %s (code %s)",
+            "the app (every account)" if app_wide else f"account {account.id}",
+            until,
+            exc.code,
+        )
+
+    async def _still_allowed(
+        self, conn: aiosqlite.Connection, account: Account, item: OutboxItem, at: datetime
+    ) -> bool:
+        if item.kind is SendKind.PUBLIC_REPLY:
+            return True  # a comment, not a message: no basis to close
+        state = await self._state(conn, account, item)
+        return isinstance(decide(state, item.intent, at, self._profile), Allowed)
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -392,7 +539,8 @@ class Sender:
         reason: str,
         detail: str,
     ) -> None:
-        await finish(conn, item.id, "dropped")
+        if not await finish(conn, item.id, "dropped"):
+            return
         await self._log(conn, item, outcome, self._clock.now(), reason=str(reason), detail=detail)
         self._metrics.inc(
             "sends_dropped",
@@ -465,39 +613,16 @@ class Sender:
                         f"its basis closed while it waited: {decision.detail}",
                     )
 
-    async def _pause(
-        self,
-        conn: aiosqlite.Connection,
-        account_id: str,
-        reason: str,
-        detail: str,
-        now: datetime,
-    ) -> None:
-        await conn.execute(
-            "INSERT INTO account_state (account_id, paused_reason, paused_at, paused_until)"
-            " VALUES (?, ?, ?, NULL) ON CONFLICT (account_id) DO UPDATE SET"
-            " paused_reason = excluded.paused_reason, paused_at = excluded.paused_at,"
-            " paused_until = NULL",
-            (account_id, f"{reason}: {detail}", to_ms(now)),
-        )
-        self._metrics.inc("accounts_paused", reason=reason, help="accounts paused by Meta errors")
-        log.error(
-            "account %s PAUSED (%s): %s; `bot resume` after fixing it", account_id, reason, detail
-        )
-
-    async def _paused(self, account_id: str, now: datetime) -> tuple[bool, datetime | None]:
-        """Whether the account is paused, and until when (None: until an operator resumes)."""
-        row = await fetch_one(
-            self._db.reader,
-            "SELECT paused_reason, paused_until FROM account_state WHERE account_id = ?",
-            (account_id,),
-        )
-        if row is None or row[0] is None:
-            return False, None
-        if row[1] is None:
-            return True, None
-        until = from_ms(row[1])
-        return until > now, until
+    async def _settle_abandoned(self, now: datetime) -> None:
+        """Rows left 'sending' whose lease ran out: their sender is gone (a crash, another
+        daemon); settled as a restart would settle them, without waiting for one."""
+        if not await any_in_flight(self._db.reader, now):
+            return
+        async with self._db.transaction() as conn:
+            rows = await in_flight(conn, lease_ended_by=now)
+            await self._settle_in_flight(
+                conn, rows, now, "lease_ran_out", "its sender stopped during the call"
+            )
 
     async def recover(self) -> int:
         """At start-up: settle rows a crash left 'sending' (see the module docstring)."""
@@ -505,30 +630,13 @@ class Sender:
         async with self._db.transaction() as conn:
             rows = await in_flight(conn)
             await release_leases(conn)  # leased but never tried: simply back in the queue
-            for item in rows:
-                if self._settings.delivery == "at_least_once":
-                    await release(conn, item.id, due_at=now)
-                    continue
-                account = self._config.account(item.account_id)
-                if account is not None and item.kind is not SendKind.PUBLIC_REPLY:
-                    # It may have reached Meta: count it as sent for the rules, as a live
-                    # unknown outcome is (a private reply then blocks other sends until
-                    # the user writes, exactly as Meta will).
-                    state = await self._state(conn, account, item)
-                    decision = decide(state, item.intent, now, self._profile)
-                    if isinstance(decision, Allowed):
-                        await self._remember(
-                            conn, account, item, record_send(state, decision, now), now
-                        )
-                await finish(conn, item.id, "unknown")
-                await self._log(
-                    conn,
-                    item,
-                    Outcome.UNKNOWN,
-                    now,
-                    reason="in_flight_at_restart",
-                    detail="the daemon stopped while this send was in flight; not resent",
-                )
+            await self._settle_in_flight(
+                conn,
+                rows,
+                now,
+                "in_flight_at_restart",
+                "the daemon stopped while this send was in flight; not resent",
+            )
         if rows:
             log.warning(
                 "%d sends were in flight at the last stop; settled as %s",
@@ -536,3 +644,29 @@ class Sender:
                 self._settings.delivery,
             )
         return len(rows)
+
+    async def _settle_in_flight(
+        self,
+        conn: aiosqlite.Connection,
+        rows: list[OutboxItem],
+        now: datetime,
+        reason: str,
+        detail: str,
+    ) -> None:
+        for item in rows:
+            if self._settings.delivery == "at_least_once":
+                await release(conn, item.id, due_at=now)
+                continue
+            account = self._config.account(item.account_id)
+            if account is not None and item.kind is not SendKind.PUBLIC_REPLY:
+                # It may have reached Meta: count it as sent for the rules, as a live
+                # unknown outcome is (a private reply then blocks other sends until
+                # the user writes, exactly as Meta will).
+                state = await self._state(conn, account, item)
+                decision = decide(state, item.intent, now, self._profile)
+                if isinstance(decision, Allowed):
+                    await self._remember(
+                        conn, account, item, record_send(state, decision, now), now
+                    )
+            await finish(conn, item.id, "unknown")
+            await self._log(conn, item, Outcome.UNKNOWN, now, reason=reason, detail=detail)

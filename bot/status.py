@@ -10,6 +10,7 @@ from bot.clock import Clock, SystemClock, from_ms, to_ms
 from bot.config import Config
 from bot.policy import PolicyProfile
 from bot.sender import hourly_cap
+from bot.store.accounts import load_hold
 from bot.store.db import Database
 from bot.store.inbox import inbox_counts, open_inbox
 from bot.store.outbox import SendClass, kind_test, sends_since
@@ -99,11 +100,11 @@ async def collect_status(
             async with db.reader.execute(sql, (account.id, *args)) as cur:
                 row = await cur.fetchone()
             one[key] = int(row[0]) if row else 0
-        async with db.reader.execute(
-            "SELECT paused_reason FROM account_state WHERE account_id = ?", (account.id,)
-        ) as cur:
-            row = await cur.fetchone()
-        one["paused"] = row[0] if row and row[0] else None
+        held = await load_hold(db.reader, account.id)
+        one["paused"] = None
+        if held is not None and held.holds(now):
+            until = "" if held.until is None else f" until {held.until:%Y-%m-%d %H:%M:%S} UTC"
+            one["paused"] = f"{held.reason}{until}"
         rules = profile.for_platform(account.platform)
         for label, send_class in CLASSES:
             sent, _ = await sends_since(

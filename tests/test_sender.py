@@ -293,15 +293,50 @@ async def test_sends_in_flight_at_a_crash_are_settled_as_unknown_not_resent(stac
 async def test_an_unknown_outcome_is_settled_as_sent_when_metas_echo_arrives(
     stack: Stack,
 ) -> None:
-    await stack.sim.player.dm(IG_ACCOUNT, "alice", "hi")
+    # Messenger hands the send's `metadata` (its outbox id) back on the echo.
+    await stack.sim.player.dm(FB_PAGE, "alice", "hi")
     await stack.process()
     stack.sim.faults.next("accept_then_drop")
-    await queue(stack, stack.user("alice"), "did this go?")
+    await queue(stack, stack.user("alice"), "did this go?", account=FB_PAGE)
     await stack.run_until(stack.clock.now() + timedelta(minutes=1))  # the echo comes back
     outcomes = [(o, r) for o, _, _, r in await log_of(stack)]
     assert outcomes == [("sent", "reconciled_by_echo")]  # one send, one log row
     assert await stack.rows("SELECT state FROM outbox") == [("sent",)]
     assert len(stack.sim.accepted()) == 1
+
+
+async def test_without_metadata_an_unknown_outcome_stays_unknown_whatever_the_echo_says(
+    stack: Stack,
+) -> None:
+    # Instagram: no metadata comes back, and the text proves nothing.
+    await stack.sim.player.dm(IG_ACCOUNT, "alice", "hi")
+    await stack.process()
+    stack.sim.faults.next("accept_then_drop")
+    await queue(stack, stack.user("alice"), "did this go?")
+    await stack.run_until(stack.clock.now() + timedelta(minutes=1))
+    assert [(o, r) for o, _, _, r in await log_of(stack)] == [("unknown", "unknown_outcome")]
+    assert len(stack.sim.accepted()) == 1  # it went once, and is never sent again
+
+
+async def test_a_person_typing_the_same_text_never_settles_the_bot_s_pending_send(
+    stack: Stack,
+) -> None:
+    # The bot's "Thanks!" waits to be retried after a 5xx; someone on the team types
+    # "Thanks!" in the Meta inbox. Matched by text, the echo marked the bot's send as sent
+    # and the user never got it. By ids, the retry goes.
+    await stack.sim.player.dm(FB_PAGE, "dana", "got it")
+    await stack.process()
+    dana = stack.user("dana")
+    stack.sim.faults.next("5xx")
+    await queue(stack, dana, "Thanks!", account=FB_PAGE)
+    await stack.process()
+    assert await stack.rows("SELECT state, attempts FROM outbox") == [("pending", 1)]
+    await stack.sim.player.echo(FB_PAGE, dana, "m.by-a-person", {"text": "Thanks!"})
+    await stack.process()
+    assert await stack.rows("SELECT state FROM outbox") == [("pending",)]
+    await stack.run_until(stack.clock.now() + timedelta(minutes=5))
+    assert [e.body["message"]["text"] for e in stack.sim.accepted(user=dana)] == ["Thanks!"]
+    assert await stack.rows("SELECT state FROM outbox") == [("sent",)]
 
 
 async def test_a_private_reply_in_flight_at_a_crash_still_blocks_other_sends(stack: Stack) -> None:

@@ -115,6 +115,7 @@ FIELD_READERS: Final[Mapping[str, Callable[[str, Any], Any]]] = {
     "send_margin": _duration_or_zero,
     "comment_time_margin": _duration_or_zero,
     "private_reply_strict": _B,
+    "echo_metadata": _B,
     "optin_request_cooldown": _D,
     "optin_requests_per_week": _OI,
     "optin_requests_per_day": _OI,

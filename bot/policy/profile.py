@@ -96,6 +96,10 @@ class PlatformProfile:
     # window like any message; False (the default) answers it. True is the stricter reading:
     # only a message written after the private reply opens the conversation.
     private_reply_strict: bool = False
+    # Send a `metadata` naming the outbox row with each message: Meta hands it back on the
+    # echo, so a send whose outcome was unknown is reconciled by its own id. Documented for
+    # Messenger's Send API; off on Instagram until Meta documents it there.
+    echo_metadata: bool = False
 
     # --- opt-in requests (POLICY.md §1) ---
     optin_request_cooldown: timedelta = timedelta(days=7)
@@ -151,6 +155,7 @@ def _messenger() -> PlatformProfile:
         sends_per_engaged_user_per_day=200,
         # Page comment webhooks carry the comment's own `created_time` (POLICY.md §2).
         comment_time_margin=timedelta(0),
+        echo_metadata=True,
     )
 
 

@@ -389,6 +389,8 @@ class Player:
         echoed: dict[str, Any] = {"mid": mid, "is_echo": True, "app_id": int(self.sim.app_id)}
         if message.get("text"):
             echoed["text"] = message["text"]
+        if isinstance(message.get("metadata"), str):
+            echoed["metadata"] = message["metadata"]  # Meta hands the sender's back
         att = message.get("attachment")
         if isinstance(att, Mapping):
             echoed["attachments"] = [{"type": att.get("type"), "payload": att.get("payload")}]

@@ -131,6 +131,9 @@ def check_message(
         problem = _attachment(attachment, rules)
         if problem:
             return _bad(problem)
+    metadata = message.get("metadata")
+    if metadata is not None and (not isinstance(metadata, str) or len(metadata) > 1000):
+        return _bad("param message.metadata must be a string of at most 1000 characters")
     quick_replies = message.get("quick_replies")
     if quick_replies is not None:
         problem = _quick_replies(quick_replies, rules)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -32,8 +32,10 @@ __all__ = [
     "SendClass",
     "SendKind",
     "QueueStatus",
+    "any_in_flight",
     "any_past_deadline",
     "claim_due",
+    "echo_metadata",
     "enqueue",
     "finish",
     "intent_from_json",
@@ -224,6 +226,18 @@ def _item(r: Any) -> OutboxItem:
     )
 
 
+def _claim_key(order: QueueOrder, by_due: bool) -> Any:
+    """The sort `claim_due`'s SQL applies, for the rows its fenced UPDATE returns."""
+    if by_due:
+        return lambda i: (i.due_at, i.id)
+    if order is QueueOrder.FIFO:
+        return lambda i: i.id
+    return lambda i: (i.deadline or _NO_DEADLINE, i.priority, i.id)
+
+
+_NO_DEADLINE = datetime.max.replace(tzinfo=UTC)  # no deadline sorts last, as in the SQL
+
+
 async def claim_due(
     conn: aiosqlite.Connection,
     account_id: str,
@@ -240,30 +254,35 @@ async def claim_due(
     Ties go to the lower priority number (a reply to a user who just wrote before a
     follow-up), then to the older row. Public replies, which have no deadline, go in due
     order. `order=FIFO` takes the oldest rows (bench/burst.py's baseline).
+    The lease is fenced: one UPDATE takes only rows still pending and not leased by anyone
+    else, and returns exactly those (on PostgreSQL, `FOR UPDATE SKIP LOCKED` in the inner
+    select), so two senders on one store never hold the same row.
     A lease is not an attempt: a row becomes 'sending' only just before its own Graph call
     (`mark_sending`), so a crash leaves at most that one in flight, and the rest of a leased
     batch simply goes back to the queue.
     """
     if limit <= 0:
         return []
-    edf_by_due = order is QueueOrder.EDF and send_class is SendClass.PUBLIC_REPLY
-    order_by = _DUE_ORDER if edf_by_due else _ORDER_BY[order]
-    items = [
-        _item(r)
-        for r in await fetch_all(
-            conn,
-            f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND account_id = ?"
-            f" AND {kind_test(send_class)} AND due_at <= ?"
-            " AND (lease_until IS NULL OR lease_until <= ?)"
-            f" ORDER BY {order_by} LIMIT ?",
-            (account_id, to_ms(now), to_ms(now), limit),
-        )
-    ]
-    await conn.executemany(
-        "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id = ?",
-        [(owner, to_ms(lease_until), i.id) for i in items],
+    by_due = order is QueueOrder.EDF and send_class is SendClass.PUBLIC_REPLY
+    order_by = _DUE_ORDER if by_due else _ORDER_BY[order]
+    free = "state = 'pending' AND (lease_until IS NULL OR lease_until <= ?)"
+    rows = await fetch_all(
+        conn,
+        f"UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE {free} AND id IN"
+        f" (SELECT id FROM outbox WHERE {free} AND account_id = ?"
+        f" AND {kind_test(send_class)} AND due_at <= ? ORDER BY {order_by} LIMIT ?)"
+        f" RETURNING {_COLUMNS}",
+        (
+            owner,
+            to_ms(lease_until),
+            to_ms(now),
+            to_ms(now),
+            account_id,
+            to_ms(now),
+            limit,
+        ),
     )
-    return items
+    return sorted((_item(r) for r in rows), key=_claim_key(order, by_due))
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,11 +344,27 @@ async def queue_status(
     )
 
 
-async def mark_sending(conn: aiosqlite.Connection, item_id: int) -> None:
-    """The Graph call for this row is about to leave: from here its outcome may be unknown."""
-    await conn.execute(
-        "UPDATE outbox SET state = 'sending', attempts = attempts + 1 WHERE id = ?", (item_id,)
+async def mark_sending(
+    conn: aiosqlite.Connection, item_id: int, owner: str, now: datetime, lease_until: datetime
+) -> bool:
+    """The Graph call for this row is about to leave: from here its outcome may be unknown.
+
+    Fenced: only a row still pending and leased by `owner` until after `now`. False means
+    the lease ran out (a slow batch) or another sender holds the row: it must not be sent.
+    The lease is renewed to `lease_until` for the call: only a call its sender abandoned
+    (a crash) outlives it, and such a row is settled as in flight at a restart.
+    """
+    cur = await conn.execute(
+        "UPDATE outbox SET state = 'sending', attempts = attempts + 1, lease_until = ?"
+        " WHERE id = ? AND state = 'pending' AND lease_owner = ? AND lease_until > ?",
+        (to_ms(lease_until), item_id, owner, to_ms(now)),
     )
+    return cur.rowcount == 1
+
+
+def _fence(owner: str | None) -> tuple[str, tuple[Any, ...]]:
+    """The condition that a row is still this sender's to settle (no owner: anyone's)."""
+    return ("", ()) if owner is None else (" AND lease_owner = ?", (owner,))
 
 
 async def release(
@@ -338,13 +373,16 @@ async def release(
     *,
     due_at: datetime,
     deadline: datetime | None = None,
-) -> None:
-    """Back to the queue (a retry later, or the account is paused)."""
-    await conn.execute(
+    owner: str | None = None,
+) -> bool:
+    """Back to the queue (a retry later, or the account is paused); False if not ours."""
+    cond, args = _fence(owner)
+    cur = await conn.execute(
         "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL,"
-        " due_at = ?, deadline = coalesce(?, deadline) WHERE id = ?",
-        (to_ms(due_at), None if deadline is None else to_ms(deadline), item_id),
+        f" due_at = ?, deadline = coalesce(?, deadline) WHERE id = ?{cond}",
+        (to_ms(due_at), None if deadline is None else to_ms(deadline), item_id, *args),
     )
+    return cur.rowcount == 1
 
 
 async def release_leases(conn: aiosqlite.Connection) -> None:
@@ -355,21 +393,27 @@ async def release_leases(conn: aiosqlite.Connection) -> None:
     )
 
 
-async def unclaim(conn: aiosqlite.Connection, item_ids: list[int]) -> None:
-    """Give leased rows back untried."""
+async def unclaim(conn: aiosqlite.Connection, item_ids: list[int], owner: str) -> None:
+    """Give rows this sender leased back untried."""
     await conn.executemany(
         "UPDATE outbox SET lease_owner = NULL, lease_until = NULL"
-        " WHERE id = ? AND state = 'pending'",
-        [(i,) for i in item_ids],
+        " WHERE id = ? AND state = 'pending' AND lease_owner = ?",
+        [(i, owner) for i in item_ids],
     )
 
 
-async def finish(conn: aiosqlite.Connection, item_id: int, state: str) -> None:
-    """`sent`, `dropped` or `unknown`: the row leaves the queue for good."""
-    await conn.execute(
-        "UPDATE outbox SET state = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
-        (state, item_id),
+async def finish(
+    conn: aiosqlite.Connection, item_id: int, state: str, owner: str | None = None
+) -> bool:
+    """`sent`, `dropped` or `unknown`: the row leaves the queue for good; False if `owner`
+    no longer holds it (another sender settled it meanwhile)."""
+    cond, args = _fence(owner)
+    cur = await conn.execute(
+        "UPDATE outbox SET state = ?, lease_owner = NULL, lease_until = NULL"
+        f" WHERE id = ? AND state IN ('pending', 'sending'){cond}",
+        (state, item_id, *args),
     )
+    return cur.rowcount == 1
 
 
 async def log_send(
@@ -434,50 +478,60 @@ async def sends_since(
 
 
 _RECONCILED = "the outcome was unknown; Meta's echo shows it was delivered"
+METADATA_PREFIX = "bot:outbox:"
+
+
+def echo_metadata(item_id: int) -> str:
+    """The `metadata` a send carries, which Meta hands back on its echo (Messenger)."""
+    return f"{METADATA_PREFIX}{item_id}"
 
 
 async def reconcile_echo(
     conn: aiosqlite.Connection,
     account_id: str,
     user_id: str,
-    text: str | None,
     mid: str,
+    metadata: str | None,
     at: datetime,
 ) -> int | None:
     """An echo of a send whose outcome was unknown proves it went: settle it as sent.
 
-    Matched by recipient and text, oldest first, among rows created before the echo; the
-    echo's mid must not already belong to a settled send. Returns the outbox id settled.
+    By ids only, never by text (a person typing "Thanks!" in the app is not the bot's own
+    pending "Thanks!"): an echo whose mid a settled send already has is that send; one whose
+    `metadata` names an outbox row of this contact settles that row. Returns the id settled.
     """
-    if not text:
-        return None
     if await fetch_one(
         conn,
         "SELECT 1 FROM send_log WHERE account_id = ? AND message_id = ? LIMIT 1",
         (account_id, mid),
     ):
         return None
-    rows = list(
-        await fetch_all(
-            conn,
-            "SELECT id, kind, comment_id, body FROM outbox WHERE account_id = ? AND user_id = ?"
-            " AND created_at <= ? AND (state = 'unknown' OR (state = 'pending' AND attempts > 0))"
-            " ORDER BY id",
-            (account_id, user_id, to_ms(at)),
-        )
+    if not metadata or not metadata.startswith(METADATA_PREFIX):
+        return None
+    try:
+        item_id = int(metadata[len(METADATA_PREFIX) :])
+    except ValueError:
+        return None
+    row = await fetch_one(
+        conn,
+        "SELECT kind, comment_id FROM outbox WHERE id = ? AND account_id = ? AND user_id = ?"
+        " AND (state = 'unknown' OR (state = 'pending' AND attempts > 0))",
+        (item_id, account_id, user_id),
     )
-    for item_id, kind, comment_id, body in rows:
-        if json.loads(body).get("text") != text:
-            continue
-        await finish(conn, int(item_id), "sent")
-        # One send, one log row: the 'unknown' entry becomes 'sent' (the caps count it once).
-        cur = await conn.execute(
-            "UPDATE send_log SET outcome = 'sent', reason = 'reconciled_by_echo',"
-            " detail = ?, message_id = ? WHERE outbox_id = ? AND outcome = 'unknown'",
-            (_RECONCILED, mid, int(item_id)),
-        )
-        if cur.rowcount:
-            return int(item_id)
+    if row is None:
+        return None
+    kind, comment_id = row
+    await conn.execute(
+        "UPDATE outbox SET state = 'sent', lease_owner = NULL, lease_until = NULL WHERE id = ?",
+        (item_id,),
+    )
+    # One send, one log row: the 'unknown' entry becomes 'sent' (the caps count it once).
+    cur = await conn.execute(
+        "UPDATE send_log SET outcome = 'sent', reason = 'reconciled_by_echo',"
+        " detail = ?, message_id = ? WHERE outbox_id = ? AND outcome = 'unknown'",
+        (_RECONCILED, mid, item_id),
+    )
+    if not cur.rowcount:
         await log_send(
             conn,
             at=at,
@@ -485,22 +539,41 @@ async def reconcile_echo(
             account_id=account_id,
             user_id=user_id,
             kind=SendKind(kind),
-            outbox_id=int(item_id),
+            outbox_id=item_id,
             comment_id=comment_id,
             reason="reconciled_by_echo",
             detail=_RECONCILED,
             message_id=mid,
         )
-        return int(item_id)
-    return None
+    return item_id
 
 
-async def in_flight(conn: aiosqlite.Connection) -> list[OutboxItem]:
-    """Rows whose Graph call had left when the daemon stopped."""
-    return [
-        _item(r)
-        for r in await fetch_all(conn, f"SELECT {_COLUMNS} FROM outbox WHERE state = 'sending'")
-    ]
+async def in_flight(
+    conn: aiosqlite.Connection, lease_ended_by: datetime | None = None
+) -> list[OutboxItem]:
+    """Rows whose Graph call had left when the daemon stopped; with `lease_ended_by`, only
+    those whose lease ran out by then (their sender is gone: a crash, another daemon)."""
+    if lease_ended_by is None:
+        rows = await fetch_all(conn, f"SELECT {_COLUMNS} FROM outbox WHERE state = 'sending'")
+    else:
+        rows = await fetch_all(
+            conn,
+            f"SELECT {_COLUMNS} FROM outbox WHERE state = 'sending'"
+            " AND (lease_until IS NULL OR lease_until <= ?)",
+            (to_ms(lease_ended_by),),
+        )
+    return [_item(r) for r in rows]
+
+
+async def any_in_flight(conn: aiosqlite.Connection, lease_ended_by: datetime) -> bool:
+    """Whether `in_flight(lease_ended_by=...)` has a row: one read, most ticks."""
+    row = await fetch_one(
+        conn,
+        "SELECT 1 FROM outbox WHERE state = 'sending'"
+        " AND (lease_until IS NULL OR lease_until <= ?) LIMIT 1",
+        (to_ms(lease_ended_by),),
+    )
+    return row is not None
 
 
 async def pending_past_deadline(
