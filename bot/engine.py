@@ -157,6 +157,11 @@ class Engine:
             if waiting:
                 run = max(waiting, key=lambda r: r.started_at)
                 outcome = runtime.on_event(self.flowset, run, ev, contact, now)
+                if not outcome.consumed:
+                    # The run could not take it (a reload changed its flow): it ends or
+                    # stays as it was, and the event starts whatever it matches.
+                    state = await self.apply(conn, account, user, state, outcome, now)
+                    outcome = None
         if outcome is None:
             comment_id = ev.comment_id if isinstance(ev, Comment) else None
             history = (

@@ -138,3 +138,7 @@ class Outcome:
     run: RunState | None
     effects: tuple[Effect, ...] = ()
     notes: tuple[str, ...] = ()
+    # False when a waiting run could not take the user's event (its flow or step is gone, or
+    # after a reload the step no longer waits): the engine then matches the event as new,
+    # so no stale run swallows what the user writes.
+    consumed: bool = True

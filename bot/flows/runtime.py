@@ -146,15 +146,23 @@ def on_event(
     `collect` step asked for, and run on."""
     ex = _resume(flowset, run, contact, now)
     if isinstance(ex, Outcome):
-        return ex
+        return replace(ex, consumed=False)
     if contact.handoff:
         return Outcome(run.flow_id, run, (), ("a human has this conversation; the run waits",))
     reply = _reply(event)
     if run.waiting_for is not Waiting.REPLY or reply is None:
         note = f"run of {run.flow_id} is not waiting for this event"
-        return Outcome(run.flow_id, run, (), (note,))
+        return Outcome(run.flow_id, run, (), (note,), consumed=False)
     text, payload = reply
     step = ex.flow.step(run.step_id)
+    if not isinstance(step, WaitReply | Collect):
+        # A reload turned the step this run waited on into one that doesn't wait: the run
+        # can't take the answer, and left waiting it would swallow every message for days.
+        note = (
+            f"step {run.step_id!r} of flow {run.flow_id} no longer waits for a reply (the "
+            "flows were reloaded); the run ended and the message was matched as new"
+        )
+        return Outcome(run.flow_id, None, (), (note,), consumed=False)
     ex.run = replace(
         run, replied=True, last_text=text, last_payload=payload, waiting_for=None, wait_until=None
     )
@@ -163,9 +171,7 @@ def on_event(
         answer = text if text is not None else payload or ""
         ex.run = replace(ex.run, answers={**run.answers, step.answer_name: answer})
         return ex.advance(after)
-    if isinstance(step, Collect):
-        return _collect(ex, step, text, after)
-    return Outcome(run.flow_id, run, (), (f"step {run.step_id} does not take a reply",))
+    return _collect(ex, step, text, after)
 
 
 def _collect(ex: Executor, step: Collect, text: str | None, after: str | None) -> Outcome:
