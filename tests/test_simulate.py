@@ -190,6 +190,7 @@ def test_every_scenario_file_has_a_test() -> None:
         "flash_sale",
         "story_windows",
         "viral_post",
+        "daemon_agrees",  # tests/test_agree.py
     }
     assert {p.stem for p in SCENARIOS.glob("*.yaml")} == tested
 

@@ -38,7 +38,7 @@ from bot.webhook import accept
 if TYPE_CHECKING:
     from bot.app import Runtime
 
-__all__ = ["run_scenario"]
+__all__ = ["play_user_action", "run_scenario"]
 
 APP_SECRET = "simulate-app-secret"  # not a secret: both ends run in this process
 # Meta batches up to 1000 changes per webhook POST (POLICY.md §2); so does the runner.
@@ -239,51 +239,9 @@ class _Runner:
         await self.worker.drain()
 
     async def _player_call(self, a: Action) -> Delivered | None:
-        p = self.w.sim.player
-        acct = a.account.id
-        g = a.args.get
-        user = a.user or ""
         if a.user is not None:
             self._uid(a.user)
-        if a.name == "comment":
-            return await p.comment(
-                acct, user, g("media", "reel1"), a.args["text"], username=g("username")
-            )
-        if a.name == "live_comment":
-            return await p.live_comment(acct, user, g("media", "live1"), a.args["text"])
-        if a.name == "live_stop":
-            self.w.sim.live_stop(acct, g("media", "live1"))
-            return None
-        if a.name == "dm":
-            return await p.dm(acct, user, a.args["text"])
-        if a.name == "story_reply":
-            return await p.story_reply(acct, user, g("story", "story1"), a.args["text"])
-        if a.name == "story_mention":
-            return await p.story_mention(acct, user, g("url", "https://cdn.example/story.jpg"))
-        if a.name == "quick_reply":
-            payload = a.args["payload"]
-            return await p.quick_reply(acct, user, payload, g("text", payload))
-        if a.name == "postback":
-            payload = a.args["payload"]
-            return await p.postback(acct, user, payload, g("title", payload))
-        if a.name == "referral":
-            return await p.referral(acct, user, a.args["ref"], source=g("source"))
-        if a.name == "optin":
-            kind = OPTIN_KINDS[g("kind", "marketing")]
-            freq = g("frequency")
-            return await p.optin(
-                acct,
-                user,
-                kind.value,
-                a.args["topic"],
-                freq.upper() if freq else None,
-                title=g("title"),
-            )
-        if a.name == "stop":
-            return await p.stop(acct, user, a.args["topic"])
-        if a.name == "resume":
-            return await p.resume(acct, user, a.args["topic"])
-        raise AssertionError(f"no player call for {a.name}")
+        return await play_user_action(self.w.sim, a)
 
     async def _post(self, payloads: Iterable[Mapping[str, Any]]) -> None:
         """Signed deliveries to the bot's webhook, entries batched per object like Meta does."""
@@ -379,6 +337,54 @@ class _Runner:
     async def collect(self, notes: bool) -> list[TimelineLine]:
         """The timeline: actions as played, the bot's send log and notes, Meta's refusals."""
         return await self.timeline.collect(self.db.reader, self.w.sim.log.entries, notes)
+
+
+async def play_user_action(sim: Simulator, a: Action) -> Delivered | None:
+    """Play one user action of a scenario on the simulator (its webhook is the caller's to
+    deliver); the daemon test plays scenarios with it too."""
+    p = sim.player
+    acct = a.account.id
+    g = a.args.get
+    user = a.user or ""
+    if a.name == "comment":
+        return await p.comment(
+            acct, user, g("media", "reel1"), a.args["text"], username=g("username")
+        )
+    if a.name == "live_comment":
+        return await p.live_comment(acct, user, g("media", "live1"), a.args["text"])
+    if a.name == "live_stop":
+        sim.live_stop(acct, g("media", "live1"))
+        return None
+    if a.name == "dm":
+        return await p.dm(acct, user, a.args["text"])
+    if a.name == "story_reply":
+        return await p.story_reply(acct, user, g("story", "story1"), a.args["text"])
+    if a.name == "story_mention":
+        return await p.story_mention(acct, user, g("url", "https://cdn.example/story.jpg"))
+    if a.name == "quick_reply":
+        payload = a.args["payload"]
+        return await p.quick_reply(acct, user, payload, g("text", payload))
+    if a.name == "postback":
+        payload = a.args["payload"]
+        return await p.postback(acct, user, payload, g("title", payload))
+    if a.name == "referral":
+        return await p.referral(acct, user, a.args["ref"], source=g("source"))
+    if a.name == "optin":
+        kind = OPTIN_KINDS[g("kind", "marketing")]
+        freq = g("frequency")
+        return await p.optin(
+            acct,
+            user,
+            kind.value,
+            a.args["topic"],
+            freq.upper() if freq else None,
+            title=g("title"),
+        )
+    if a.name == "stop":
+        return await p.stop(acct, user, a.args["topic"])
+    if a.name == "resume":
+        return await p.resume(acct, user, a.args["topic"])
+    raise AssertionError(f"no player call for {a.name}")
 
 
 async def run_scenario(
