@@ -142,6 +142,7 @@ class _Connection(asyncio.Protocol):
         "request_no",
         "admitted",
         "closed_by",
+        "silent",
     )
 
     def __init__(self, guard: ConnectionGuard, inner: web.RequestHandler) -> None:
@@ -153,6 +154,7 @@ class _Connection(asyncio.Protocol):
         self.request_no = 0
         self.admitted = False
         self.closed_by: str | None = None  # the guard's reason, when the guard closed it
+        self.silent = True  # nothing received since it began to wait
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -165,6 +167,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.admitted:
+            if self.silent:
+                self.guard.stirred(self)
             self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -201,7 +205,10 @@ class ConnectionGuard:
         self.cap = connection_cap(limits.max_connections) if cap is None else cap
         self._metrics = metrics
         self._open: dict[_Connection, None] = {}
-        self._waiting: dict[_Connection, None] = {}  # evictable, longest waiting first
+        # Evictable, longest waiting first: those that sent nothing since they began to wait
+        # go before those with part of a request in (a delivery sends its request at once).
+        self._silent: dict[_Connection, None] = {}
+        self._stirring: dict[_Connection, None] = {}
         self._by_handler: dict[web.RequestHandler, _Connection] = {}
         if metrics is not None:
             metrics.gauge("http_connections", lambda: len(self._open), "open HTTP connections")
@@ -210,6 +217,11 @@ class ConnectionGuard:
     @property
     def open(self) -> int:
         return len(self._open)
+
+    @property
+    def waiting(self) -> int:
+        """Open and not at work: the ones the cap may close."""
+        return len(self._silent) + len(self._stirring)
 
     async def listen(self, runner: web.BaseRunner, host: str, port: int) -> int:
         """Serve `runner` on host:port through the guard; the port it bound."""
@@ -234,7 +246,8 @@ class ConnectionGuard:
 
     def admit(self, conn: _Connection) -> bool:
         if len(self._open) >= self.cap:
-            if not self._waiting:
+            victim = next(iter(self._silent), None) or next(iter(self._stirring), None)
+            if victim is None:
                 self._count("refused")
                 log.warning(
                     "connection limit (%d) reached with every connection at work:"
@@ -242,7 +255,7 @@ class ConnectionGuard:
                     self.cap,
                 )
                 return False
-            self.close(next(iter(self._waiting)), "evicted")
+            self.close(victim, "evicted")
             log.warning(
                 "connection limit (%d) reached: closed the connection that waited longest"
                 " for a request, to admit a new one",
@@ -251,12 +264,19 @@ class ConnectionGuard:
         self._open[conn] = None
         # Waiting from now, though its socket is not made yet: asyncio accepts a burst of
         # them in one turn, and at the cap each must be able to close an older one.
-        self._waiting[conn] = None
+        self._silent[conn] = None
         self._by_handler[conn.inner] = conn
         return True
 
     def wait_for_head(self, conn: _Connection, seconds: float) -> None:
         self._arm(conn, Phase.HEAD, seconds)
+
+    def stirred(self, conn: _Connection) -> None:
+        """Its first bytes since it began to wait: evicted only after the silent ones."""
+        conn.silent = False
+        if conn in self._silent:
+            del self._silent[conn]
+            self._stirring[conn] = None
 
     def close(self, conn: _Connection, reason: str) -> None:
         """Close one connection now, as the guard's decision (a timeout or the cap)."""
@@ -278,7 +298,8 @@ class ConnectionGuard:
 
     def _drop(self, conn: _Connection) -> None:
         self._open.pop(conn, None)
-        self._waiting.pop(conn, None)
+        self._silent.pop(conn, None)
+        self._stirring.pop(conn, None)
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None
@@ -288,9 +309,12 @@ class ConnectionGuard:
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None
-        self._waiting.pop(conn, None)
+        self._silent.pop(conn, None)
+        self._stirring.pop(conn, None)
+        conn.silent = phase in (Phase.HEAD, Phase.IDLE)
         if phase is not Phase.WORK and seconds is not None:
-            self._waiting[conn] = None  # to the end: it waits from now
+            # To the end: it waits from now.
+            (self._silent if conn.silent else self._stirring)[conn] = None
             conn.timer = asyncio.get_running_loop().call_later(seconds, conn.expire)
 
     def _count(self, reason: str) -> None:

@@ -169,12 +169,25 @@ async def test_at_the_cap_a_new_connection_closes_the_one_that_waited_longest() 
             assert await answer(r) == b"HTTP/1.1 200 OK"
 
 
+async def test_at_the_cap_a_silent_connection_goes_before_one_with_part_of_a_request_in() -> None:
+    async with served(LONG, cap=3) as s:
+        (r1, w1), (r2, _) = await s.connect(), await s.connect()
+        w1.write(b"GET / HTTP/1.1\r\n")  # the oldest, but it has begun a request
+        await until(lambda: len(s.guard._stirring) == 1)
+        _, (r4, w4) = await s.connect(), await s.connect()
+        assert await closed(r2)  # silent, and the oldest of the silent ones
+        w1.write(b"Host: x\r\n\r\n")
+        assert await answer(r1) == b"HTTP/1.1 200 OK"
+        w4.write(GET)
+        assert await answer(r4) == b"HTTP/1.1 200 OK"
+
+
 async def test_a_connection_at_work_is_never_evicted_and_a_new_one_is_refused() -> None:
     async with served(LONG, cap=2) as s:
         busy = [await s.connect() for _ in range(2)]
         for _, w in busy:
             w.write(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
-        await until(lambda: not s.guard._waiting)
+        await until(lambda: s.guard.waiting == 0)
         reader, _ = await s.connect()
         assert await closed(reader)  # refused at once: every connection is at work
         s.release.set()
