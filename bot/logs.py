@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,10 +123,16 @@ class RepeatLimiter(logging.Filter):
         self.emit: Callable[[logging.LogRecord], object] | None = None  # setup_logging's
         self._windows: dict[tuple[object, ...], _Window] = {}
         self._pending: set[tuple[object, ...]] = set()
+        # Records come from other threads too (APScheduler's); handlers run filters unlocked.
+        self._lock = threading.RLock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "_repeat_summary", False):
             return True
+        with self._lock:
+            return self._admit(record)
+
+    def _admit(self, record: logging.LogRecord) -> bool:
         now = record.created
         key = _key(record) if record.levelno >= self.level else None
         if self._pending:
@@ -150,7 +157,8 @@ class RepeatLimiter(logging.Filter):
 
     def flush(self, now: float | None = None) -> None:
         """Write every count not yet written (`now=None`: all of them, as at close)."""
-        self._flush(float("inf") if now is None else now)
+        with self._lock:
+            self._flush(float("inf") if now is None else now)
 
     def _flush(self, now: float, but: tuple[object, ...] | None = None) -> None:
         for key in list(self._pending):
