@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,12 @@ def rss_mb(pid: int | None = None) -> tuple[float, float]:
 class Daemon:
     """`python -m bot --config FILE run` as a child process; ready when it prints its line."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(
+        self, config: Path, log: Path, *, preexec_fn: Callable[[], None] | None = None
+    ) -> None:
         self.config = config
         self.log = log
+        self.preexec_fn = preexec_fn  # e.g. a lower open-file limit (bench/idle.py)
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
 
@@ -89,6 +93,7 @@ class Daemon:
                 cwd=ROOT,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=err,
+                preexec_fn=self.preexec_fn,
             )
         finally:
             err.close()

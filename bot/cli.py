@@ -10,12 +10,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from bot.config import Config, load_config
 from bot.errors import BotError
 from bot.logs import setup_logging
+
+if TYPE_CHECKING:
+    from bot.server import ConnectionGuard
 
 __all__ = ["main", "serve"]
 
@@ -118,21 +122,34 @@ def _secrets(config: Config) -> list[str]:
     return [config.app_secret, config.verify_token, *(a.token for a in config.accounts)]
 
 
-async def serve(config: Config, app: web.Application | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting, flush, and finish in-flight work."""
+async def serve(
+    config: Config, app: web.Application | None = None, guard: ConnectionGuard | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, flush, and finish in-flight work.
+
+    `guard` bounds the connections (bot/server.py); the sandbox shares its own with the
+    simulator's server, since the open-file limit is the process's.
+    """
     from bot.app import create_app
+    from bot.server import ConnectionGuard, make_runner
+    from bot.webhook import METRICS
 
     app = app or create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10.0)
+    runner = make_runner(app, config.listen_limits, shutdown_timeout=10.0)
     await runner.setup()
+    try:
+        # After start-up, so the files it opened count against the open-file limit.
+        guard = guard or ConnectionGuard(config.listen_limits, metrics=app[METRICS])
+    except BotError:
+        await runner.cleanup()
+        raise
     # What start-up built (modules, flows, templates) lives as long as the daemon: frozen,
     # the collector stops walking it. Its full collections had paused the loop 43 to 69 ms
     # under load, and that pause was the webhook acks' p99 (67-89 ms -> 23-25 ms at 200/s in
     # bench/ingest.py).
     gc.collect()
     gc.freeze()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-    await site.start()
+    port = await guard.listen(runner, config.host, config.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,13 +157,13 @@ async def serve(config: Config, app: web.Application | None = None) -> None:
     from bot.app import RUNTIME, reload_flows
 
     loop.add_signal_handler(signal.SIGHUP, reload_flows, app[RUNTIME])
-    port = runner.addresses[0][1] if runner.addresses else config.port
     log.info(
-        "listening on http://%s:%d%s for %d account(s)",
+        "listening on http://%s:%d%s for %d account(s), at most %d connections",
         config.host,
         port,
         config.webhook_path,
         len(config.accounts),
+        guard.cap,
     )
     # One line on stdout that supervisors and the crash test wait for.
     print(json.dumps({"ready": True, "port": port}), flush=True)

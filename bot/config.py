@@ -17,7 +17,15 @@ import yaml
 from bot.errors import ConfigError
 from bot.events import Platform
 
-__all__ = ["Account", "Config", "Database", "load_config", "config_from_mapping", "SECRET_ENV"]
+__all__ = [
+    "Account",
+    "Config",
+    "Database",
+    "ListenLimits",
+    "load_config",
+    "config_from_mapping",
+    "SECRET_ENV",
+]
 
 SECRET_ENV = {
     "app_secret": "BOT_APP_SECRET",
@@ -58,12 +66,27 @@ class Database:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenLimits:
+    """How long a connection may take and how many may be open (bot/server.py)."""
+
+    # Never more than the open-file limit leaves room for (bot/server.py says what it keeps).
+    max_connections: int = 1000
+    # Meta sends a request's head and body at once: a few seconds is long for either.
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    # Above nginx's 60 s upstream keep-alive, so a proxy closes its idle connections first
+    # and never posts on one the bot is closing (aiohttp's own web.run_app default is 75).
+    idle_timeout: float = 75.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     app_secret: str = field(repr=False)
     verify_token: str = field(repr=False)
     accounts: tuple[Account, ...]
     host: str = "127.0.0.1"
     port: int = 8080
+    listen_limits: ListenLimits = ListenLimits()
     webhook_path: str = "/webhook"
     max_body_bytes: int = 4 * 1024 * 1024
     database: Database = Database()
@@ -118,6 +141,14 @@ _TOP_KEYS = {
     "log",
     "shutdown_drain_seconds",
 }
+_LISTEN_KEYS = {
+    "host",
+    "port",
+    "max_connections",
+    "header_timeout_seconds",
+    "body_timeout_seconds",
+    "idle_timeout_seconds",
+}
 _ACCOUNT_KEYS = {
     "id",
     "platform",
@@ -162,7 +193,7 @@ def config_from_mapping(
     listen = data.get("listen", {}) or {}
     if not isinstance(listen, dict):
         raise ConfigError(f"{source}: 'listen' must be a mapping with host and port")
-    _no_unknown(listen, {"host", "port"}, source, "listen.")
+    _no_unknown(listen, _LISTEN_KEYS, source, "listen.")
     db = data.get("database", {}) or {}
     if not isinstance(db, dict):
         raise ConfigError(f"{source}: 'database' must be a mapping with path and synchronous")
@@ -188,6 +219,7 @@ def config_from_mapping(
         accounts=accounts,
         host=str(listen.get("host", "127.0.0.1")),
         port=_int(listen.get("port", 8080), "listen.port", source, 0, 65535),
+        listen_limits=_listen_limits(listen, source),
         webhook_path=webhook_path,
         max_body_bytes=_int(
             data.get("max_body_bytes", 4 * 1024 * 1024), "max_body_bytes", source, 1024, 1 << 30
@@ -207,6 +239,26 @@ def config_from_mapping(
         shutdown_drain_seconds=_int(
             data.get("shutdown_drain_seconds", 5), "shutdown_drain_seconds", source, 0, 3600
         ),
+    )
+
+
+def _listen_limits(listen: Mapping[str, Any], source: str) -> ListenLimits:
+    d = ListenLimits()
+
+    def seconds(key: str, default: float, hi: float) -> float:
+        return _seconds(listen.get(key, default), f"listen.{key}", source, 0.1, hi)
+
+    return ListenLimits(
+        max_connections=_int(
+            listen.get("max_connections", d.max_connections),
+            "listen.max_connections",
+            source,
+            1,
+            1_000_000,
+        ),
+        header_timeout=seconds("header_timeout_seconds", d.header_timeout, 3600),
+        body_timeout=seconds("body_timeout_seconds", d.body_timeout, 3600),
+        idle_timeout=seconds("idle_timeout_seconds", d.idle_timeout, 86400),
     )
 
 
@@ -287,6 +339,12 @@ def _int(value: Any, key: str, source: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ConfigError(f"{source}: '{key}' must be a whole number from {lo} to {hi}")
     return value
+
+
+def _seconds(value: Any, key: str, source: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise ConfigError(f"{source}: '{key}' must be a number of seconds from {lo:g} to {hi:g}")
+    return float(value)
 
 
 def _path(value: Any, base: Path) -> Path:

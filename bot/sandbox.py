@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from bot.clock import SystemClock
 from bot.config import Config, config_from_mapping
 from bot.errors import BotError
@@ -188,6 +186,7 @@ def _describe(message: Any) -> str:
 async def _serve(args: argparse.Namespace) -> None:
     from bot.app import create_app
     from bot.cli import serve
+    from bot.server import ConnectionGuard, make_runner
     from bot.simulator import Simulator, create_simulator_app
 
     config = sandbox_config(args.data, args.port, args.sim_port)
@@ -198,9 +197,11 @@ async def _serve(args: argparse.Namespace) -> None:
         SANDBOX_SECRET,
         f"http://127.0.0.1:{args.port}{config.webhook_path}",
     )
-    runner = web.AppRunner(create_simulator_app(sim), handle_signals=False)
+    # One guard for both servers: the open-file limit is the process's.
+    guard = ConnectionGuard(config.listen_limits)
+    runner = make_runner(create_simulator_app(sim), config.listen_limits)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.sim_port).start()
+    await guard.listen(runner, "127.0.0.1", args.sim_port)
     log.info("Graph API simulator on http://127.0.0.1:%d", args.sim_port)
     print(
         "sandbox ready. In another terminal try:\n"
@@ -210,7 +211,7 @@ async def _serve(args: argparse.Namespace) -> None:
         flush=True,
     )
     try:
-        await serve(config, create_app(config, clock=clock))
+        await serve(config, create_app(config, clock=clock), guard)
     finally:
         await runner.cleanup()
         await sim.close()
