@@ -77,12 +77,18 @@ async def test_a_sender_id_with_line_breaks_cannot_write_a_line_of_its_own(
 ) -> None:
     stderr = logs(fmt, "INFO", secrets(bot.rt.config))
     assert await post_signed(bot.client, ig_comment("c1", "PRICING", user=FORGED)) == 200
+    # A field name is logged as Meta sent it ("ignored ... event"): the same text there.
+    unknown = ig_comment("c2", "PRICING")
+    unknown["entry"][0]["changes"][0]["field"] = FORGED
+    assert await post_signed(bot.client, unknown) == 200
     await bot.process()
     lines = stderr.getvalue().splitlines()  # every line break Python knows, U+2028 included
     assert not [x for x in lines if x.startswith("2026-01-01")]
+    # An id is Meta's alphabet only: the forged sender id is refused, never used or logged.
+    assert any("from.id is not an id" in x for x in lines), lines
     if fmt == "text":
         assert all(STAMP.match(x) for x in lines), lines
-        # The id was logged (the flow's notes name the user), escaped.
+        # The field name was logged, escaped.
         assert any("123\\n2026-01-01 00:00:00 ERROR bot: forged\\u2028" in x for x in lines)
     else:
         records = [json.loads(x) for x in lines]

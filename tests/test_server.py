@@ -361,7 +361,8 @@ def test_a_signed_webhook_is_answered_while_idle_sockets_outnumber_the_open_file
     lines = log.splitlines()
     capped = [x for x in lines if "connection limit" in x]
     assert 1 <= len(capped) <= 2, capped  # the first, and the count written at the stop
-    assert len(lines) < 20
+    # No flood: start-up and stop lines, and the cap's one (500 evictions, one line).
+    assert len([x for x in lines if "migrated to schema" not in x]) < 20, lines
 
 
 def test_a_slowloris_connection_is_closed_after_the_header_timeout(tmp_path: Path) -> None:
