@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             code: int = asyncio.run(print_status(config, as_json=args.json))
             return code
     except BotError as exc:
-        print(f"bot: {exc}", file=sys.stderr)
+        # One line per problem, each naming what to fix (config collects them all at once).
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"bot: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
