@@ -121,7 +121,13 @@ async def serve(config: Config, app: web.Application | None = None) -> None:
 
     app = app or create_app(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10.0)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        # aiohttp leaves the contexts that started open when a later one fails: the store's
+        # aiosqlite threads then kept the process from exiting after the error, for good.
+        await runner.cleanup()
+        raise
     # What start-up built (modules, flows, templates) lives as long as the daemon: frozen,
     # the collector stops walking it. Its full collections had paused the loop 43 to 69 ms
     # under load, and that pause was the webhook acks' p99 (67-89 ms -> 23-25 ms at 200/s in

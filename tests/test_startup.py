@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.errors import StoreUnavailable
+from bot.store.db import Database
 from tests.test_daemon import SECRET, TOKEN
 
+ROOT = Path(__file__).resolve().parent.parent
 # A guard against a hang, not a measure of speed: a refusal exits as soon as it is printed.
 HANG = 30
 
@@ -76,3 +79,25 @@ def test_bot_run_names_every_missing_secret_in_one_start(tmp_path: Path) -> None
     assert len(lines) == 3 and all(line.startswith("bot: ") for line in lines)
     for name in ("BOT_APP_SECRET", "BOT_VERIFY_TOKEN", "BOT_TOKEN_17841400000000001"):
         assert sum(name in line for line in lines) == 1
+
+
+def test_a_start_that_fails_after_the_store_opened_exits_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    """aiohttp left the store open when a later start-up step failed (here, a broken flow):
+    its aiosqlite threads kept the process alive after the error, until it was killed."""
+    settings(tmp_path, f"flows_dir: flows\ntemplates_dir: {ROOT / 'templates'}\n")
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "broken.yaml").write_text("steps: [\n")
+    result = bot(tmp_path, "run")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "flows/broken.yaml:2:1" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_opening_a_file_that_is_no_database_is_one_line_not_an_sqlite_traceback(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "junk.sqlite3"
+    path.write_bytes(b"this is not a database" * 500)
+    with pytest.raises(StoreUnavailable, match=f"cannot open the database {path}: file is not"):
+        await Database.open(path)
