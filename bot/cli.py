@@ -28,7 +28,13 @@ def main(argv: list[str] | None = None) -> int:
         "--config", type=Path, default=Path("bot.yaml"), help="settings file (default bot.yaml)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the daemon: webhooks in, messages out")
+    run = sub.add_parser("run", help="run the daemon: webhooks in, messages out")
+    run.add_argument(
+        "--accept-new-database",
+        action="store_true",
+        help="start although the database lost its history or its inbox (README.md);"
+        " every delivery the inbox holds is marked as seen first",
+    )
     st = sub.add_parser("status", help="what the daemon's store holds, per account")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     rs = sub.add_parser("resume", help="lift an account's pause (after fixing its token)")
@@ -54,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             config = load_config(args.config)
             setup_logging(config.log_format, config.log_level, _secrets(config))
-            asyncio.run(serve(config))
+            from bot.app import create_app
+
+            app = create_app(config, accept_new_database=args.accept_new_database)
+            asyncio.run(serve(config, app))
             return 0
         if args.command == "check":
             return _check(args)
@@ -96,9 +105,11 @@ def _check(args: argparse.Namespace) -> int:
 async def _admin(args: argparse.Namespace, config: Config) -> int:
     from bot.admin import release_handoff, resume_account
     from bot.clock import SystemClock
-    from bot.store.db import Database
+    from bot.store.files import open_store
 
-    db = await Database.open(config.database.path, config.database.synchronous)
+    db, inbox = await open_store(
+        config.database.path, config.database.synchronous, clock=SystemClock()
+    )
     try:
         if args.command == "resume":
             was = await resume_account(config, db, args.account)
@@ -107,6 +118,7 @@ async def _admin(args: argparse.Namespace, config: Config) -> int:
             done = await release_handoff(config, db, SystemClock(), args.account, args.user)
             print(f"{args.user}: " + ("back with automation" if done else "no human had it"))
     finally:
+        await inbox.close()
         await db.close()
     return 0
 
