@@ -31,13 +31,8 @@ from bot.policy import PolicyProfile, load_profile
 from bot.scheduler import ClockWakeup, SchedulerWakeup, Wakeup
 from bot.sender import Sender
 from bot.store.db import Database
-from bot.store.inbox import (
-    InboxWriter,
-    adopt_legacy_inbox,
-    inbox_backlog,
-    open_inbox,
-    prune_processed,
-)
+from bot.store.files import open_store
+from bot.store.inbox import InboxWriter, inbox_backlog, prune_processed
 from bot.webhook import INBOX, METRICS, WEBHOOK, Signer, WebhookSettings, add_routes
 
 __all__ = ["Runtime", "RUNTIME", "create_app"]
@@ -78,6 +73,7 @@ def create_app(
     rng: random.Random | None = None,
     throwaway_store: bool = False,
     graph_transport: Transport | None = None,
+    accept_new_database: bool = False,
 ) -> web.Application:
     """Build the daemon's app; `start_workers=False` leaves draining to the caller (tests).
 
@@ -86,7 +82,8 @@ def create_app(
     the main file too runs on the loop (no thread hops) with `synchronous=OFF`. Never for the
     daemon's main file, whose engine transactions acks must not wait behind; its inbox file
     runs on the loop unless FULL (bot/store/db.py). `graph_transport` replaces HTTP to the
-    Graph API (`bot simulate` calls its simulator in process).
+    Graph API (`bot simulate` calls its simulator in process). `accept_new_database` is
+    `bot run --accept-new-database`: start on files that lost their history or partner.
     """
     clock = clock or SystemClock()
     if profile is None:
@@ -106,14 +103,17 @@ def create_app(
     async def store(app: web.Application) -> AsyncIterator[None]:
         path = config.database.path
         sync = "OFF" if throwaway_store else config.database.synchronous
-        rt.db = await Database.open(path, sync, inline=throwaway_store)
-        try:
+        # Checked first (damage, permissions, a main file that lost its history): a file
+        # that can't be used stops the start with one line (bot/store/files.py).
+        rt.db, rt.inbox_db = await open_store(
+            path,
+            sync,
+            clock=clock,
+            accept_new=accept_new_database,
+            main_inline=throwaway_store,
             # Inline unless FULL: see bot/store/db.py (measured in docs/benchmarks.md).
-            rt.inbox_db = await open_inbox(path, sync, inline=sync != "FULL")
-            await adopt_legacy_inbox(rt.db, rt.inbox_db)
-        except BaseException:
-            await rt.db.close()
-            raise
+            inbox_inline=sync != "FULL",
+        )
         rt.inbox = InboxWriter(rt.inbox_db, clock, metrics=metrics)
         rt.inbox.start()
         app[INBOX] = rt.inbox

@@ -32,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         "--config", type=Path, default=Path("bot.yaml"), help="settings file (default bot.yaml)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the daemon: webhooks in, messages out")
+    run = sub.add_parser("run", help="run the daemon: webhooks in, messages out")
+    run.add_argument(
+        "--accept-new-database",
+        action="store_true",
+        help="start although the database lost its history or its inbox (README.md);"
+        " every delivery the inbox holds is marked as seen first",
+    )
     st = sub.add_parser("status", help="what the daemon's store holds, per account")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     rs = sub.add_parser("resume", help="lift an account's pause (after fixing its token)")
@@ -61,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             config = load_config(args.config)
             setup_logging(config.log_format, config.log_level, _secrets(config))
-            asyncio.run(serve(config))
+            from bot.app import create_app
+
+            app = create_app(config, accept_new_database=args.accept_new_database)
+            asyncio.run(serve(config, app))
             return 0
         if args.command == "check":
             return _check(args)
@@ -78,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             code: int = asyncio.run(print_status(config, as_json=args.json))
             return code
     except BotError as exc:
-        print(f"bot: {exc}", file=sys.stderr)
+        # One line per problem, each naming what to fix (config collects them all at once).
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"bot: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -103,9 +114,11 @@ def _check(args: argparse.Namespace) -> int:
 async def _admin(args: argparse.Namespace, config: Config) -> int:
     from bot.admin import release_handoff, resume_account
     from bot.clock import SystemClock
-    from bot.store.db import Database
+    from bot.store.files import open_store
 
-    db = await Database.open(config.database.path, config.database.synchronous)
+    db, inbox = await open_store(
+        config.database.path, config.database.synchronous, clock=SystemClock()
+    )
     try:
         if args.command == "resume":
             was = await resume_account(config, db, args.account)
@@ -114,6 +127,7 @@ async def _admin(args: argparse.Namespace, config: Config) -> int:
             done = await release_handoff(config, db, SystemClock(), args.account, args.user)
             print(f"{args.user}: " + ("back with automation" if done else "no human had it"))
     finally:
+        await inbox.close()
         await db.close()
     return 0
 
@@ -136,11 +150,13 @@ async def serve(
 
     app = app or create_app(config)
     runner = make_runner(app, config.listen_limits, shutdown_timeout=10.0)
-    await runner.setup()
     try:
+        await runner.setup()
         # After start-up, so the files it opened count against the open-file limit.
         guard = guard or ConnectionGuard(config.listen_limits, metrics=app[METRICS])
-    except BotError:
+    except BaseException:
+        # aiohttp leaves the contexts that started open when a later one fails: the store's
+        # aiosqlite threads then kept the process from exiting after the error, for good.
         await runner.cleanup()
         raise
     # What start-up built (modules, flows, templates) lives as long as the daemon: frozen,

@@ -7,10 +7,10 @@ can come from an environment variable or a `*_file` setting that points outside 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -31,6 +31,7 @@ SECRET_ENV = {
     "app_secret": "BOT_APP_SECRET",
     "verify_token": "BOT_VERIFY_TOKEN",
 }
+T = TypeVar("T")
 GRAPH_HOSTS = {
     "instagram": "https://graph.instagram.com",
     "facebook": "https://graph.facebook.com",
@@ -165,10 +166,30 @@ _ACCOUNT_KEYS = {
 def config_from_mapping(
     data: Any, *, env: Mapping[str, str], source: str = "<settings>", base: Path | None = None
 ) -> Config:
-    base = base or Path(".")
+    """The checked settings, or one ConfigError naming every problem found, a line each.
+
+    The secrets, the accounts and unknown keys are all checked before anything is refused
+    (three missing secrets took three starts to find); of the other settings, the first
+    wrong one is reported with them.
+    """
+    problems: list[str] = []
+    try:
+        config = _config(data, env, source, base or Path("."), problems)
+    except ConfigError as exc:
+        problems.append(str(exc))
+        config = None
+    if problems or config is None:
+        raise ConfigError("\n".join(problems))
+    return config
+
+
+def _config(
+    data: Any, env: Mapping[str, str], source: str, base: Path, problems: list[str]
+) -> Config | None:
+    """The settings; problems that don't stop the others being read go to `problems`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the settings must be a mapping of keys")
-    _no_unknown(data, _TOP_KEYS, source, "")
+    _collect(problems, _no_unknown, data, _TOP_KEYS, source, "")
 
     def secret(key: str) -> str:
         value = _secret(data, key, SECRET_ENV[key], env, source, base)
@@ -179,11 +200,15 @@ def config_from_mapping(
             )
         return value
 
-    app_secret, verify_token = secret("app_secret"), secret("verify_token")
+    app_secret = _collect(problems, secret, "app_secret")
+    verify_token = _collect(problems, secret, "verify_token")
     raw_accounts = data.get("accounts")
     if not isinstance(raw_accounts, list) or not raw_accounts:
         raise ConfigError(f"{source}: 'accounts' must be a non-empty list of accounts")
-    accounts = tuple(_account(a, i, env, source, base) for i, a in enumerate(raw_accounts))
+    found = [
+        _collect(problems, _account, a, i, env, source, base) for i, a in enumerate(raw_accounts)
+    ]
+    accounts = tuple(a for a in found if a is not None)
     seen: set[str] = set()
     for a in accounts:
         if a.id in seen:
@@ -212,6 +237,8 @@ def config_from_mapping(
     if not webhook_path.startswith("/"):
         raise ConfigError(f"{source}: 'webhook_path' must start with '/'")
     profile = data.get("policy_profile")
+    if app_secret is None or verify_token is None or len(accounts) < len(found):
+        return None  # what is missing is in `problems`
 
     return Config(
         app_secret=app_secret,
@@ -309,30 +336,70 @@ def _secret(
     base: Path,
     prefix: str = "",
 ) -> str | None:
-    """Environment first, then `<key>_file`, then the value in the file itself."""
-    if env.get(env_name):
-        return env[env_name].strip()
+    """Environment first, then `<key>_file`, then the value in the file itself; None if none
+    is given. One given but blank is refused, naming where it came from (never the value):
+    an empty app secret is a key anyone can sign a forged delivery with, and an environment
+    variable set to nothing is a mistake to report, not a reason to look elsewhere."""
+    name = f"'{prefix}{key}'"
+    if env_name in env:
+        return _not_blank(
+            env[env_name],
+            f"{source}: {name} is empty: the environment variable {env_name} is set but blank;"
+            " set it to the secret",
+        )
     file_key = f"{key}_file"
-    if raw.get(file_key):
+    if file_key in raw:
+        if raw[file_key] is None or not str(raw[file_key]).strip():
+            raise ConfigError(
+                f"{source}: '{prefix}{file_key}' is empty: give the path of the file that"
+                " holds the secret"
+            )
         p = _path(raw[file_key], base)
         try:
-            return p.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"{source}: '{prefix}{file_key}': cannot read {p}: {exc.strerror}"
-            ) from None
-    value = raw.get(key)
-    return str(value) if value not in (None, "") else None
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            raise ConfigError(f"{source}: '{prefix}{file_key}': cannot read {p}: {why}") from None
+        return _not_blank(
+            text,
+            f"{source}: {name} is empty: the file {p} ('{prefix}{file_key}') holds only"
+            " whitespace; write the secret into it",
+        )
+    if key not in raw:
+        return None
+    return _not_blank(
+        "" if raw[key] is None else str(raw[key]),
+        f"{source}: {name} is empty in the settings file; set the environment variable"
+        f" {env_name} or '{prefix}{file_key}' instead",
+    )
+
+
+def _not_blank(value: str, problem: str) -> str:
+    if not value.strip():
+        raise ConfigError(problem)
+    return value.strip()
+
+
+def _collect(problems: list[str], check: Callable[..., T], *args: Any) -> T | None:
+    """`check(*args)`, or None with its ConfigError's lines added to `problems`."""
+    try:
+        return check(*args)
+    except ConfigError as exc:
+        problems.extend(str(exc).splitlines())
+        return None
 
 
 def _no_unknown(raw: Mapping[str, Any], known: set[str], source: str, prefix: str) -> None:
     import difflib
 
+    lines = []
     for key in raw:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f": did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(f"{source}: unknown setting '{prefix}{key}'{hint}")
+            lines.append(f"{source}: unknown setting '{prefix}{key}'{hint}")
+    if lines:
+        raise ConfigError("\n".join(lines))
 
 
 def _int(value: Any, key: str, source: str, lo: int, hi: int) -> int:

@@ -12,7 +12,8 @@ from bot.policy import PolicyProfile
 from bot.sender import hourly_cap
 from bot.store.accounts import load_hold
 from bot.store.db import Database
-from bot.store.inbox import inbox_counts, open_inbox
+from bot.store.files import open_store
+from bot.store.inbox import inbox_counts
 from bot.store.outbox import SendClass, kind_test, sends_since
 
 __all__ = ["CLASSES", "collect_status", "print_status"]
@@ -140,14 +141,13 @@ async def print_status(config: Config, *, as_json: bool, clock: Clock | None = N
     from bot.policy import load_profile
 
     profile = load_profile(config.policy_profile) if config.policy_profile else PolicyProfile()
-    db = await Database.open(config.database.path, config.database.synchronous)
+    clock = clock or SystemClock()
+    # Checked as `bot run` checks them: damaged or mismatched files are refused, not shown.
+    db, inbox = await open_store(config.database.path, config.database.synchronous, clock=clock)
     try:
-        inbox = await open_inbox(config.database.path, config.database.synchronous)
-        try:
-            status = await collect_status(config, db, clock or SystemClock(), profile, inbox)
-        finally:
-            await inbox.close()
+        status = await collect_status(config, db, clock, profile, inbox)
     finally:
+        await inbox.close()
         await db.close()
     if as_json:
         print(json.dumps(status, indent=2))

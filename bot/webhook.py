@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from bot.errors import StoreUnavailable
+from bot.errors import ConfigError, StoreUnavailable
 from bot.metrics import Metrics
 from bot.store.inbox import InboxWriter
 
@@ -44,6 +44,10 @@ class Signer:
     __slots__ = ("_inner", "_outer")
 
     def __init__(self, secret: bytes) -> None:
+        # Refused by construction, not only by the settings: anyone can compute an HMAC
+        # under an empty key, so every forged delivery would pass.
+        if not secret.strip():
+            raise ConfigError("the app secret is empty: webhooks signed with it prove nothing")
         block = hashlib.sha256().block_size
         key = hashlib.sha256(secret).digest() if len(secret) > block else secret
         key = key.ljust(block, b"\0")

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.app import prune_inbox
+from bot.app import create_app, prune_inbox
 from bot.clock import VirtualClock, from_ms
+from bot.errors import ConfigError
 from bot.policy import ConversationState
 from bot.simulator import Simulator
 from bot.store.conversations import load_state
@@ -27,6 +31,7 @@ from tests.conftest import (
     body_of,
     ig_comment,
     ig_dm,
+    make_config,
     post_signed,
     query,
     runtime,
@@ -96,7 +101,7 @@ async def test_missing_or_wrong_signature_is_refused_and_nothing_is_stored(
     assert runtime(client).metrics.get("webhook_rejected", reason="bad_signature") == 4
 
 
-@given(secret=st.binary(max_size=200), body=st.binary(max_size=3000))
+@given(secret=st.binary(max_size=200).filter(bytes.strip), body=st.binary(max_size=3000))
 def test_the_signer_computes_exactly_hmac_sha256(secret: bytes, body: bytes) -> None:
     # Keys longer than SHA-256's 64-byte block are hashed first, as RFC 2104 says.
     expected = hmac.digest(secret, body, "sha256")
@@ -108,6 +113,19 @@ def test_the_signer_computes_exactly_hmac_sha256(secret: bytes, body: bytes) -> 
 
 def test_the_signer_never_shows_its_key_state() -> None:
     assert repr(Signer(APP_SECRET.encode())) == "Signer()"
+
+
+@pytest.mark.parametrize("secret", [b"", b" ", b"\n", b" \t\r\n"])
+def test_no_signer_exists_for_an_empty_key_so_no_forgery_signed_with_one_passes(
+    tmp_path: Path, secret: bytes
+) -> None:
+    """Anyone can sign with an empty key: the bot never checks a delivery against one, even
+    when the settings were built by hand rather than by `load_config`."""
+    with pytest.raises(ConfigError, match="the app secret is empty"):
+        Signer(secret)
+    config = dataclasses.replace(make_config(tmp_path), app_secret=secret.decode())
+    with pytest.raises(ConfigError, match="the app secret is empty"):
+        create_app(config)
 
 
 async def test_signature_is_checked_over_the_raw_bytes_not_reserialised_json(

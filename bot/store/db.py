@@ -121,8 +121,10 @@ class Database:
             reader = await connect(path)
             await _configure(reader, synchronous)
             await reader.execute("PRAGMA query_only = ON")
-        except BaseException:
+        except BaseException as exc:
             await writer.close()
+            if isinstance(exc, sqlite3.Error):  # one line for the operator, not a traceback
+                raise StoreUnavailable(f"cannot open the database {path}: {exc}") from exc
             raise
         return cls(path, writer, reader)
 
