@@ -12,11 +12,12 @@ import argparse
 import json
 from typing import Any, TextIO
 
-from bot.clock import from_ms
+from bot.clock import SystemClock, from_ms
 from bot.config import Config
 from bot.store.db import Database
 from bot.store.events import replay_set_aside, set_aside_events
-from bot.store.inbox import bad_deliveries, open_inbox, replay_deliveries
+from bot.store.files import open_store
+from bot.store.inbox import bad_deliveries, replay_deliveries
 
 __all__ = ["add_inbox_parser", "inbox_command"]
 
@@ -32,16 +33,15 @@ def add_inbox_parser(sub: Any) -> None:
 
 
 async def inbox_command(args: argparse.Namespace, config: Config, out: TextIO) -> int:
-    db = await Database.open(config.database.path, config.database.synchronous)
+    db, inbox = await open_store(
+        config.database.path, config.database.synchronous, clock=SystemClock()
+    )
     try:
-        inbox = await open_inbox(config.database.path, config.database.synchronous)
-        try:
-            if getattr(args, "inbox_command", None) == "replay":
-                return await _replay(args, db, inbox, out)
-            return await _list(args, db, inbox, out)
-        finally:
-            await inbox.close()
+        if getattr(args, "inbox_command", None) == "replay":
+            return await _replay(args, db, inbox, out)
+        return await _list(args, db, inbox, out)
     finally:
+        await inbox.close()
         await db.close()
 
 
