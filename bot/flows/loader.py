@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
+from bot.boundedyaml import FLOW_LIMITS, YamlLimitError, read_text
 from bot.errors import ConfigError
 from bot.flows.checks import check_flows
 from bot.flows.flowset import FlowSet
@@ -58,7 +59,10 @@ def _read_flows(
     for path in files:
         name = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path, FLOW_LIMITS)
+        except YamlLimitError as exc:
+            problems.append(Problem(name, exc.line, exc.column, "", exc.message))
+            continue
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             problems.append(Problem(name, 0, 0, "", f"cannot read: {reason}"))

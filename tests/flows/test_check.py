@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli import main
 from bot.flows import SCHEMA_FILE, Severity, check_all, check_command, format_problem
 from bot.flows.validate import accepted_keys
 from bot.policy import default_profile
+from tests.hostile_yaml import HOSTILE
 
 from .conftest import Checker
 
@@ -232,3 +234,20 @@ def test_instagram_counts_bytes(check: Checker) -> None:
     """
     report = check({"f.yaml": flows}, {"t.j2": "é" * 501})
     assert "renders to 1002 UTF-8 bytes; instagram allows 1000" in report.errors[0].message
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_yaml_is_one_error_with_its_place_from_bot_check(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "flows" / "hostile.yaml").write_text(HOSTILE[name].text, encoding="utf-8")
+    status = main(["check"])
+    lines = capsys.readouterr().out.splitlines()
+    text, line, column, words = HOSTILE[name]
+    assert status == 1
+    assert len(lines) == 2 and lines[0].startswith(f"flows/hostile.yaml:{line}:{column}: error: ")
+    assert words in lines[0]
+    assert lines[1] == "1 error, 0 warnings in 1 flow file and 0 templates"
