@@ -3,6 +3,7 @@ the `bot check` message and the running flows stay in force."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -56,3 +57,21 @@ async def test_an_invalid_change_is_rejected_and_the_old_flows_keep_running(
     await bot.sim.player.comment(IG_ACCOUNT, "alice", "reel1", "PRICING")
     await bot.process()
     assert [e.basis for e in bot.sim.accepted()] == ["private_reply"]
+
+
+async def test_a_template_linked_outside_its_folder_is_never_sent(
+    bot: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = tmp_path / "ig-token"
+    secret.write_text("EAAG-secret-token-123")
+    template = tmp_path / "templates" / "pricing" / "private_reply.j2"
+    template.unlink()
+    template.symlink_to(secret)
+    with caplog.at_level(logging.ERROR):
+        assert not reload_flows(bot.rt)
+    assert f"a link to {secret}, outside the templates folder" in caplog.text
+    await bot.sim.player.comment(IG_ACCOUNT, "alice", "reel1", "PRICING")
+    await bot.process()
+    sent = [json.dumps(e.body) for e in bot.sim.accepted()]
+    assert len(sent) == 1 and "Thanks for asking about pricing" in sent[0]
+    assert not any("EAAG-secret" in s for s in sent)
