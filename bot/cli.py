@@ -134,7 +134,7 @@ async def serve(config: Config, app: web.Application | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     from bot.app import RUNTIME, reload_flows
 
-    loop.add_signal_handler(signal.SIGHUP, reload_flows, app[RUNTIME])
+    loop.add_signal_handler(signal.SIGHUP, reload_flows, app[RUNTIME])  # checks in a thread
     port = runner.addresses[0][1] if runner.addresses else config.port
     log.info(
         "listening on http://%s:%d%s for %d account(s)",
