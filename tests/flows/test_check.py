@@ -327,3 +327,11 @@ def test_links_that_stay_inside_the_folder_are_followed(tmp_path: Path) -> None:
         "q/t.j2",
     }
     assert report.flowset.templates.source("alias.j2") == "hello"
+
+
+def test_the_folders_themselves_may_be_links(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "flows").symlink_to(ROOT / "flows", target_is_directory=True)
+    (tmp_path / "run" / "templates").symlink_to(ROOT / "templates", target_is_directory=True)
+    report = check_all(tmp_path / "run" / "flows", tmp_path / "run" / "templates")
+    assert report.problems == () and report.flowset is not None
