@@ -14,6 +14,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 
 from aiohttp import web
 
@@ -22,12 +23,14 @@ from bot.config import Config
 from bot.dispatch import Dispatcher
 from bot.engine import Engine
 from bot.errors import ConfigError
+from bot.flowreload import FlowReloader, FlowWatcher
 from bot.flows.flowset import FlowSet
 from bot.flows.loader import load_flowset
 from bot.graph import GraphClient, Transport, new_session
 from bot.inbox_worker import InboxWorker
 from bot.metrics import Metrics
 from bot.policy import PolicyProfile, load_profile
+from bot.rootfiles import files_under
 from bot.scheduler import ClockWakeup, SchedulerWakeup, Wakeup
 from bot.sender import Sender
 from bot.store.db import Database
@@ -35,7 +38,7 @@ from bot.store.files import open_store
 from bot.store.inbox import InboxWriter, inbox_backlog, prune_processed
 from bot.webhook import INBOX, METRICS, WEBHOOK, Signer, WebhookSettings, add_routes
 
-__all__ = ["Runtime", "RUNTIME", "create_app"]
+__all__ = ["Runtime", "RUNTIME", "create_app", "reload_flows", "watch_flows"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,9 @@ class Runtime:
     sender: Sender | None = None
     dispatcher: Dispatcher | None = None
     wakeup: Wakeup | None = None
+    reloader: FlowReloader | None = None
+    watcher: FlowWatcher | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     dead: list[str] = field(default_factory=list)
 
@@ -156,14 +162,18 @@ def create_app(
             before_send=rt.worker.settle_contact,
         )
         rt.dispatcher = Dispatcher(rt.engine, rt.sender)
-        stopping = asyncio.Event()
+        rt.reloader = FlowReloader(
+            lambda: load_flows(config, profile), partial(_install, rt), partial(_failed, rt)
+        )
+        rt.watcher = FlowWatcher(partial(_flow_files_stamp, config), lambda: reload_flows(rt))
+        stopping = rt.stopping
         if start_workers:
             if aps is not None:
                 aps.start()
             await rt.sender.recover()
             _spawn(rt, rt.worker.run(), "inbox-worker")
             _spawn(rt, _dispatch(rt.dispatcher, rt.wakeup, stopping), "dispatcher")
-            _spawn(rt, _watch_flows(rt, stopping), "flow-watcher")
+            watch_flows(rt)
             if config.database.inbox_keep_days:
                 _spawn(rt, _prune_inbox(rt, stopping), "inbox-pruner")
         yield
@@ -178,6 +188,7 @@ def create_app(
         for task in list(rt.tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await rt.reloader.close()
         # What the webhook stored before shutdown is processed now, for as long as the
         # supervisor allows; the rest stays in the inbox, where the next start finds it.
         if start_workers:
@@ -212,29 +223,56 @@ def load_flows(config: Config, profile: PolicyProfile) -> FlowSet | None:
     return flowset
 
 
-def reload_flows(rt: Runtime) -> bool:
-    """Swap in the flows as they are on disk now; an invalid change keeps the old ones.
+def reload_flows(rt: Runtime) -> asyncio.Future[bool]:
+    """Swap in the flows as they are on disk now, checked in a thread; an invalid change keeps
+    the old ones. A reload under way is followed by one more (bot/flowreload.py); the future
+    ends with the last (SIGHUP ignores it, tests await it).
 
     Runs already under way keep working: they name their flow and step by id.
     """
+    assert rt.reloader is not None
+    return rt.reloader.request()
+
+
+def watch_flows(rt: Runtime) -> None:
+    """Reload when a flow or template file changes, until the app stops."""
+    assert rt.watcher is not None
+    _spawn(rt, rt.watcher.run(rt.stopping), "flow-watcher")
+
+
+def _install(rt: Runtime, flowset: FlowSet | None) -> None:
     assert rt.engine is not None
-    try:
-        flowset = load_flows(rt.config, rt.profile)
-    except ConfigError as exc:
-        rt.metrics.inc("flow_reloads", result="rejected", help="flow reloads")
-        log.error("flows NOT reloaded; the running flows stay in force:\n%s", exc)
-        return False
     rt.engine.flowset = flowset
     rt.metrics.inc("flow_reloads", result="ok", help="flow reloads")
     log.info("flows reloaded")
-    return True
 
 
-def _flow_files_stamp(config: Config) -> tuple[tuple[str, float], ...]:
-    stamps: list[tuple[str, float]] = []
-    for folder in (config.flows_dir, config.templates_dir):
-        if folder.is_dir():
-            stamps.extend((str(p), p.stat().st_mtime) for p in folder.rglob("*") if p.is_file())
+def _failed(rt: Runtime, exc: Exception) -> None:
+    if isinstance(exc, ConfigError):
+        rt.metrics.inc("flow_reloads", result="rejected", help="flow reloads")
+        log.error("flows NOT reloaded; the running flows stay in force:\n%s", exc)
+    else:
+        rt.metrics.inc("flow_reloads", result="failed", help="flow reloads")
+        log.error("flows NOT reloaded (%s); the running flows stay in force", exc, exc_info=exc)
+
+
+def _flow_files_stamp(config: Config) -> tuple[tuple[str, int, int], ...]:
+    """Name, mtime and size of every file the flows and templates would be read from, and
+    each refused one; run in a thread, since it stats every file."""
+    stamps: list[tuple[str, int, int]] = []
+    folders = (
+        (config.flows_dir, "the flows folder"),
+        (config.templates_dir, "the templates folder"),
+    )
+    for folder, what in folders:
+        listing = files_under(folder, what, lambda name: True)
+        for found in listing.files:
+            try:
+                st = found.real.stat()
+            except OSError:
+                continue  # gone since the listing: the next round sees what replaced it
+            stamps.append((str(found.path), st.st_mtime_ns, st.st_size))
+        stamps.extend((f"{r.path} {r.reason}", 0, 0) for r in listing.refused)
     return tuple(sorted(stamps))
 
 
@@ -242,17 +280,6 @@ async def _sleep_unless_stopped(stopping: asyncio.Event, seconds: float) -> None
     """Real time between a background task's rounds; a stop ends the wait at once."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopping.wait(), seconds)
-
-
-async def _watch_flows(rt: Runtime, stopping: asyncio.Event, every: float = 2.0) -> None:
-    """Reload when a flow or template file changes: a few stat calls every two seconds."""
-    stamp = _flow_files_stamp(rt.config)
-    while not stopping.is_set():
-        await _sleep_unless_stopped(stopping, every)
-        now = _flow_files_stamp(rt.config)
-        if now != stamp:
-            stamp = now
-            reload_flows(rt)
 
 
 async def prune_inbox(rt: Runtime, stopping: asyncio.Event | None = None) -> int:

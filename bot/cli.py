@@ -172,7 +172,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     from bot.app import RUNTIME, reload_flows
 
-    loop.add_signal_handler(signal.SIGHUP, reload_flows, app[RUNTIME])
+    loop.add_signal_handler(signal.SIGHUP, reload_flows, app[RUNTIME])  # checks in a thread
     log.info(
         "listening on http://%s:%d%s for %d account(s), at most %d connections",
         config.host,

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from bot.boundedyaml import SETTINGS_LIMITS, YamlLimitError, load, read_text
 from bot.errors import ConfigError
 from bot.events import Platform
 
@@ -110,15 +111,17 @@ class Config:
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     try:
-        text = path.read_text(encoding="utf-8")
+        data = load(read_text(path, SETTINGS_LIMITS), SETTINGS_LIMITS) or {}
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: the settings file does not exist (use --config PATH)"
         ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the settings file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the settings file is not UTF-8 text") from None
+    except YamlLimitError as exc:
+        raise ConfigError(f"{path}:{exc.line}:{exc.column}: {exc.message}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

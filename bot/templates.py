@@ -196,24 +196,26 @@ class TemplateSet:
 
     @classmethod
     def from_dir(cls, root: Path | str) -> tuple[TemplateSet, dict[str, str]]:
-        """Read every template under `root` (all files but hidden ones and *.md).
+        """Read every template under `root` (all files but hidden ones and *.md); a file or
+        folder that resolves outside `root` is not read (bot/rootfiles.py).
 
-        Returns the set and the files that could not be read, name -> reason.
+        Returns the set and the files that could not be read or were refused, name -> reason.
         """
+        from bot.rootfiles import files_under
+
         base = Path(root)
         sources: dict[str, str] = {}
         unreadable: dict[str, str] = {}
-        if base.is_dir():
-            for path in sorted(base.rglob("*")):
-                rel = path.relative_to(base)
-                if not path.is_file() or any(p.startswith(".") for p in rel.parts):
-                    continue
-                if path.name.endswith(_SKIP_SUFFIXES):
-                    continue
-                try:
-                    sources[rel.as_posix()] = path.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError) as exc:
-                    unreadable[rel.as_posix()] = str(getattr(exc, "strerror", None) or exc)
+        listing = files_under(
+            base, "the templates folder", lambda name: not name.endswith(_SKIP_SUFFIXES)
+        )
+        for found in listing.files:
+            try:
+                sources[found.rel] = found.real.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                unreadable[found.rel] = str(getattr(exc, "strerror", None) or exc)
+        for refused in listing.refused:
+            unreadable[refused.rel or "."] = refused.reason
         return cls(sources, base), unreadable
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
+from bot.boundedyaml import FLOW_LIMITS, YamlLimitError, read_text
 from bot.errors import ConfigError
 from bot.flows.checks import check_flows
 from bot.flows.flowset import FlowSet
@@ -19,6 +20,7 @@ from bot.flows.template_checks import check_templates
 from bot.flows.validate import read_file
 from bot.flows.yamlpos import Located, YamlSyntaxError, load_located
 from bot.policy import PolicyProfile, default_profile
+from bot.rootfiles import Listing, files_under
 from bot.templates import TemplateSet
 
 __all__ = ["FlowError", "check_all", "check_command", "load_flowset"]
@@ -35,14 +37,8 @@ class FlowError(ConfigError):
         super().__init__(format_report(report).rstrip())
 
 
-def _flow_files(flows_dir: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in flows_dir.rglob("*")
-        if p.is_file()
-        and p.suffix in FLOW_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(flows_dir).parts)
-    )
+def _flow_files(flows_dir: Path) -> Listing:
+    return files_under(flows_dir, "the flows folder", lambda name: name.endswith(FLOW_SUFFIXES))
 
 
 def _read_flows(
@@ -54,11 +50,15 @@ def _read_flows(
     if not flows_dir.is_dir():
         msg = "no such folder (flows_dir in the settings names it)"
         return [], {}, [Problem(str(flows_dir), 0, 0, "", msg)], 0
-    files = _flow_files(flows_dir)
-    for path in files:
-        name = str(path)
+    listing = _flow_files(flows_dir)
+    problems.extend(Problem(str(r.path), 0, 0, "", r.reason) for r in listing.refused)
+    for found in listing.files:
+        name = str(found.path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text(found.real, FLOW_LIMITS)
+        except YamlLimitError as exc:
+            problems.append(Problem(name, exc.line, exc.column, "", exc.message))
+            continue
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             problems.append(Problem(name, 0, 0, "", f"cannot read: {reason}"))
@@ -72,7 +72,7 @@ def _read_flows(
         ctx = Ctx(name, located)
         flows.extend(read_file(ctx))
         problems.extend(ctx.problems)
-    return flows, locs, problems, len(files)
+    return flows, locs, problems, len(listing.files) + len(listing.refused)
 
 
 def check_all(

@@ -3,7 +3,8 @@
 `yaml.compose` keeps a start mark on every node; this turns the node tree into plain Python
 values and a table from each value's path to where it starts. A plain scalar that YAML 1.1
 reads as a bool or a number (`yes`, `no`, `on`, `007`) keeps its source text too, because a
-keyword list such as `[yes, no]` means words, not booleans.
+keyword list such as `[yes, no]` means words, not booleans. The nodes come from the bounded
+composer (bot/boundedyaml.py): no recursive alias, no runaway nesting or expansion.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from yaml.constructor import SafeConstructor
 
+from bot.boundedyaml import FLOW_LIMITS, Limits, YamlLimitError, compose
 from bot.flows.model import YamlPath
 
 __all__ = ["Located", "Pos", "YamlSyntaxError", "format_path", "load_located"]
@@ -27,7 +30,8 @@ class Pos:
 
 
 class YamlSyntaxError(Exception):
-    """The text is not YAML; `pos` is where the parser gave up."""
+    """The text is not YAML, or past a limit (bot/boundedyaml.py); `pos` is where the parser
+    gave up or the limit was crossed."""
 
     def __init__(self, message: str, pos: Pos) -> None:
         super().__init__(message)
@@ -72,15 +76,17 @@ def format_path(path: YamlPath) -> str:
     return out
 
 
-def load_located(text: str) -> Located:
-    """Parse one YAML document; raise `YamlSyntaxError` with a position if it isn't YAML."""
-    loader = yaml.SafeLoader(text)
+def load_located(text: str, limits: Limits = FLOW_LIMITS) -> Located:
+    """Parse one YAML document; raise `YamlSyntaxError` with a position if it isn't YAML or
+    crosses one of `limits`."""
     try:
-        node = loader.get_single_node()
+        node = compose(text, limits)
         located = Located(None)
         if node is not None:
-            located.data = _walk(loader, node, (), located)
+            located.data = _walk(SafeConstructor(), node, (), located)
         return located
+    except YamlLimitError as exc:
+        raise YamlSyntaxError(exc.message, Pos(exc.line, exc.column)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = exc.problem or exc.context or "not valid YAML"
@@ -90,11 +96,9 @@ def load_located(text: str) -> Located:
         raise YamlSyntaxError(f"invalid YAML: {message}", _pos(mark)) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(f"invalid YAML: {exc}", Pos(1, 1)) from None
-    finally:
-        loader.dispose()
 
 
-def _walk(loader: yaml.SafeLoader, node: yaml.Node, path: YamlPath, out: Located) -> Any:
+def _walk(loader: SafeConstructor, node: yaml.Node, path: YamlPath, out: Located) -> Any:
     out.values[path] = _pos(node.start_mark)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
@@ -117,5 +121,5 @@ def _walk(loader: yaml.SafeLoader, node: yaml.Node, path: YamlPath, out: Located
     return value
 
 
-def _scalar(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+def _scalar(loader: SafeConstructor, node: yaml.Node) -> Any:
     return loader.construct_object(node, deep=True)

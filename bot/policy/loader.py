@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import yaml
 
+from bot.boundedyaml import PROFILE_LIMITS, YamlLimitError, load, read_text
 from bot.errors import ConfigError
 from bot.events import Platform
 from bot.policy.profile import PlatformProfile, PolicyProfile, default_profile, parse_duration
@@ -185,15 +186,21 @@ def load_profile(source: str | Path | Mapping[str, Any] | None) -> PolicyProfile
     ):
         where = str(source)
         try:
-            text = Path(source).read_text(encoding="utf-8")
+            text = read_text(Path(source), PROFILE_LIMITS)
         except OSError as exc:
             raise ProfileError(
                 "", f"cannot read the policy profile: {exc.strerror}", where
             ) from exc
+        except UnicodeDecodeError:
+            raise ProfileError("", "the policy profile is not UTF-8 text", where) from None
+        except YamlLimitError as exc:
+            raise _refused(exc, where) from None
     else:
         text = source
     try:
-        data = yaml.safe_load(text)
+        data = load(text, PROFILE_LIMITS)
+    except YamlLimitError as exc:
+        raise _refused(exc, where) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -202,6 +209,10 @@ def load_profile(source: str | Path | Mapping[str, Any] | None) -> PolicyProfile
         return profile_from_mapping(data)
     except ProfileError as exc:
         raise ProfileError(exc.key, exc.problem, where) from None
+
+
+def _refused(exc: YamlLimitError, where: str | None) -> ProfileError:
+    return ProfileError("", exc.message, f"{where or '<policy profile>'}:{exc.line}:{exc.column}")
 
 
 def platform_field_names() -> frozenset[str]:

@@ -22,8 +22,7 @@ from bot.policy import (
     parse_duration,
     profile_from_mapping,
 )
-from bot.simulate.errors import ScenarioError
-from bot.simulate.yamlpos import Doc, YamlPath, compose, format_path
+from bot.simulate.yamlpos import Doc, YamlPath, compose, format_path, read_scenario
 
 __all__ = [
     "ACTIONS",
@@ -153,11 +152,7 @@ OPTIN_KINDS = {
 
 def load_scenario(path: Path) -> Scenario:
     """Read and check a scenario file; raise ScenarioError with file:line on any mistake."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read the scenario: {exc.strerror}") from None
-    return parse_scenario(text, path)
+    return parse_scenario(read_scenario(path), path)
 
 
 def parse_scenario(text: str, path: Path) -> Scenario:

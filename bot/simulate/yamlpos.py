@@ -10,13 +10,16 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bot.boundedyaml import SCENARIO_LIMITS, YamlLimitError, read_text
+from bot.boundedyaml import compose as bounded_compose
 from bot.simulate.errors import ScenarioError
 
-__all__ = ["Doc", "YamlPath", "compose", "format_path"]
+__all__ = ["Doc", "YamlPath", "compose", "format_path", "read_scenario"]
 
 YamlPath = tuple[str | int, ...]
 
@@ -66,12 +69,26 @@ def format_path(path: YamlPath) -> str:
     return out
 
 
+def read_scenario(path: Path) -> str:
+    """The scenario file's text, read no further than the size limit allows."""
+    try:
+        return read_text(path, SCENARIO_LIMITS)
+    except YamlLimitError as exc:
+        raise ScenarioError(f"{path}:{exc.line}:{exc.column}: error: {exc.message}") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the scenario: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: cannot read the scenario: not UTF-8 text ({exc})") from None
+
+
 def compose(text: str, source: str) -> tuple[Any, Doc]:
-    """Parse with line marks on every node (libyaml when present: bench files are large)."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    """Parse with line marks on every node (libyaml when present: bench files are large),
+    within the scenario limits of bot/boundedyaml.py."""
     doc = Doc(source)
     try:
-        node = yaml.compose(text, Loader=loader)
+        node = bounded_compose(text, SCENARIO_LIMITS, fast=True)
+    except YamlLimitError as exc:
+        raise ScenarioError(f"{source}:{exc.line}:{exc.column}: error: {exc.message}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli import main
 from bot.flows import SCHEMA_FILE, Severity, check_all, check_command, format_problem
 from bot.flows.validate import accepted_keys
 from bot.policy import default_profile
+from tests.hostile_yaml import HOSTILE
 
-from .conftest import Checker
+from .conftest import Checker, write_tree
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -232,3 +234,104 @@ def test_instagram_counts_bytes(check: Checker) -> None:
     """
     report = check({"f.yaml": flows}, {"t.j2": "é" * 501})
     assert "renders to 1002 UTF-8 bytes; instagram allows 1000" in report.errors[0].message
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_yaml_is_one_error_with_its_place_from_bot_check(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "flows" / "hostile.yaml").write_text(HOSTILE[name].text, encoding="utf-8")
+    status = main(["check"])
+    lines = capsys.readouterr().out.splitlines()
+    text, line, column, words = HOSTILE[name]
+    assert status == 1
+    assert len(lines) == 2 and lines[0].startswith(f"flows/hostile.yaml:{line}:{column}: error: ")
+    assert words in lines[0]
+    assert lines[1] == "1 error, 0 warnings in 1 flow file and 0 templates"
+
+
+LINKED_FLOW = """
+flows:
+  - id: linked
+    trigger: {type: dm, keywords: [hi]}
+    steps:
+      - {id: a, type: send, template: p/t.j2}
+      - {id: b, type: send, template: alias.j2}
+"""
+
+
+def _linked_tree(tmp_path: Path) -> Path:
+    """A flows and templates folder, a secret beside them, and an in-folder link."""
+    write_tree(tmp_path / "bot" / "flows", {"linked.yaml": LINKED_FLOW})
+    write_tree(tmp_path / "bot" / "templates", {"real.j2": "hello", "p/keep.j2": "kept"})
+    (tmp_path / "bot" / "templates" / "alias.j2").symlink_to("real.j2")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "token").write_text("EAAG-secret-token-123")
+    return tmp_path / "bot"
+
+
+def test_a_template_linked_outside_the_folder_is_refused_naming_where_it_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _linked_tree(tmp_path)
+    (root / "templates" / "p" / "t.j2").symlink_to(tmp_path / "secret" / "token")
+    monkeypatch.chdir(root)
+    assert main(["check"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"templates/p/t.j2: error: p/t.j2: cannot read: a link to {tmp_path}/secret/token, "
+        f"outside the templates folder {root}/templates; refused: copy it in, or link only "
+        "to a place inside the folder",
+        "1 error, 0 warnings in 1 flow file and 4 templates",
+    ]
+
+
+def test_a_folder_linked_outside_is_refused_and_nothing_in_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _linked_tree(tmp_path)
+    (root / "templates" / "p" / "t.j2").write_text("fine")
+    (root / "templates" / "out").symlink_to(tmp_path / "secret", target_is_directory=True)
+    (root / "flows" / "more").symlink_to(tmp_path / "secret", target_is_directory=True)
+    monkeypatch.chdir(root)
+    assert main(["check"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"flows/more: error: a folder linked to {tmp_path}/secret, outside the flows folder "
+        f"{root}/flows; refused: copy it in, or link only to a place inside the folder",
+        f"templates/out: error: out: cannot read: a folder linked to {tmp_path}/secret, "
+        f"outside the templates folder {root}/templates; refused: copy it in, or link only "
+        "to a place inside the folder",
+        "2 errors, 0 warnings in 2 flow files and 5 templates",
+    ]
+    report = check_all("flows", "templates")
+    assert report.flowset is None
+    assert not any("out/" in p.file for p in report.problems)
+
+
+def test_links_that_stay_inside_the_folder_are_followed(tmp_path: Path) -> None:
+    root = _linked_tree(tmp_path)
+    (root / "templates" / "p" / "t.j2").write_text("fine")
+    (root / "templates" / "q").symlink_to("p", target_is_directory=True)
+    (root / "templates" / "loop").symlink_to(".", target_is_directory=True)
+    report = check_all(root / "flows", root / "templates")
+    assert report.problems == () and report.flowset is not None
+    assert report.flowset.templates.names == {
+        "alias.j2",
+        "real.j2",
+        "p/keep.j2",
+        "p/t.j2",
+        "q/keep.j2",
+        "q/t.j2",
+    }
+    assert report.flowset.templates.source("alias.j2") == "hello"
+
+
+def test_the_folders_themselves_may_be_links(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "flows").symlink_to(ROOT / "flows", target_is_directory=True)
+    (tmp_path / "run" / "templates").symlink_to(ROOT / "templates", target_is_directory=True)
+    report = check_all(tmp_path / "run" / "flows", tmp_path / "run" / "templates")
+    assert report.problems == () and report.flowset is not None
