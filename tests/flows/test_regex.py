@@ -20,7 +20,8 @@ from bot.flows.flowset import FlowSet
 from bot.flows.match import keyword_matches
 from bot.flows.model import End, Flow, PrivateReply, Trigger, TriggerType
 from bot.flows.normalize import fold
-from bot.flows.regex import _SPACE_CHARS, _WORD, RegexRefused, compile_regex, keyword
+from bot.flows.regex import RegexRefused, compile_regex, keyword
+from bot.flows.regex_syntax import _SPACE_CHARS, _WORD
 
 from .conftest import NOW, Checker
 
