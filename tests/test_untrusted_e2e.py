@@ -61,3 +61,82 @@ async def test_a_catastrophic_regex_comment_is_processed_and_the_next_one_answer
         assert s.sim.refused() == []
     finally:
         await s.sim.close()
+
+
+_TEMPLATE_FLOWS = """\
+flows:
+  - id: hostile
+    trigger: {type: comment, keywords: [hostile]}
+    steps:
+      - {id: r, type: private_reply, template: hostile.j2}
+  - id: pricing
+    trigger: {type: comment, keywords: [pricing]}
+    steps:
+      - {id: r, type: private_reply, template: pricing.j2}
+"""
+# With the old renderer, a 1,008-character comment made the first run for minutes (nested
+# loops over its text, 10^9 turns: no ack for 20 s) and the second build a 1 GB string (every
+# gap of the text replaced by a million characters). Both pass `bot check`, whose hostile
+# sample comment is 1,000 characters long: only the budget at run time can stop them.
+TWENTY_SECONDS = (
+    "Thanks!{% if comment.text|length > 1000 %}{% for a in comment.text %}"
+    "{% for b in comment.text %}{% for c in comment.text %}{% endfor %}{% endfor %}{% endfor %}"
+    "{% endif %}"
+)
+ONE_GIGABYTE = (
+    "Thanks!{% if comment.text|length > 1000 %}"
+    "{{ comment.text|replace('', comment.text|center(1000000)) }}{% endif %}"
+)
+
+
+async def _hostile_template_is_dropped_and_the_next_comment_answered(
+    s: Stack, reason: str
+) -> None:
+    long_comment = "hostile " + "x" * 1000  # 1,008 characters
+    hostile = await s.sim.player.comment(IG_ACCOUNT, "mallory", "reel1", long_comment)
+    assert hostile.status == 200
+    await s.process()
+    assert await inbox_states(s) == {"done": 1}
+    assert private_replies(s) == []  # nothing sent, not even part of it
+    dropped = await s.rows("SELECT reason, detail FROM send_log WHERE outcome = 'dropped'")
+    assert dropped == [("template_failed", f"hostile.j2: {reason}")]
+    await s.sim.player.comment(IG_ACCOUNT, "alice", "reel1", "pricing?")
+    await s.run_until(s.clock.now() + M)
+    assert [e.user_id for e in private_replies(s)] == [s.user("alice")]
+    assert s.sim.refused() == []
+
+
+async def test_a_template_looping_over_a_long_comment_stops_at_its_step_budget(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, clock: Any
+) -> None:
+    s = await own_flows_stack(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        clock,
+        _TEMPLATE_FLOWS,
+        {"hostile.j2": TWENTY_SECONDS, "pricing.j2": "Plans start at $9."},
+    )
+    try:
+        await _hostile_template_is_dropped_and_the_next_comment_answered(
+            s, "stopped after 10,000 loop steps"
+        )
+    finally:
+        await s.sim.close()
+
+
+async def test_a_template_building_a_gigabyte_stops_at_its_output_budget(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, clock: Any
+) -> None:
+    s = await own_flows_stack(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        clock,
+        _TEMPLATE_FLOWS,
+        {"hostile.j2": ONE_GIGABYTE, "pricing.j2": "Plans start at $9."},
+    )
+    try:
+        await _hostile_template_is_dropped_and_the_next_comment_answered(s, "output over 64 KB")
+    finally:
+        await s.sim.close()

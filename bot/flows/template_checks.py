@@ -1,11 +1,16 @@
 """Template checks for `bot check`: unreadable files, syntax errors, missing templates, and
 each use rendered with sample data under StrictUndefined for every platform the flow runs on,
-so undefined names and over-limit texts show up before a user ever triggers them."""
+so undefined names and over-limit texts show up before a user ever triggers them. Each use is
+rendered once more with hostile data (every text a user writes 1,000 characters long) under
+the same budget the daemon renders with, so a template whose cost a commenter decides (a loop
+over the comment's text inside `{% if comment.text|length > 30 %}`) is refused here, not
+found out when a long comment arrives (issue 14, item 7)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Final
 
 from bot.flows.context import sample_context
 from bot.flows.graph import REPLIED, facts_at
@@ -57,6 +62,27 @@ def uses(flow: Flow) -> Iterator[Use]:
             for i, name in enumerate(step.templates):
                 path = (*p, "templates", i)
                 yield Use(flow, step.id, path, name, known, check_limit=False)
+
+
+# Spaces and line breaks too: `indent` and `wordwrap` cost per line and per word.
+HOSTILE_TEXT: Final = ("Hostile sample text,\nlong as a comment can be. " * 30)[:1000]
+# What a user decides: their words and profile. The rest (flow, account, topic) is the bot's.
+_USER_PARTS: Final = ("comment", "message", "answers", "contact")
+
+
+def _hostile(value: Any) -> Any:
+    if isinstance(value, str):
+        return HOSTILE_TEXT
+    if isinstance(value, Mapping):
+        return {k: _hostile(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_hostile(v) for v in value]
+    return value
+
+
+def hostile_context(ctx: Mapping[str, Any]) -> dict[str, Any]:
+    """`ctx` with every text a user wrote or chose replaced by `HOSTILE_TEXT`."""
+    return {k: _hostile(v) if k in _USER_PARTS else v for k, v in ctx.items()}
 
 
 def _at(locs: Mapping[str, Located], flow: Flow, path: YamlPath) -> tuple[int, int]:
@@ -124,4 +150,28 @@ def check_templates(
                         f"{use.step_id!r} at {flow.file}:{line}:{col})"
                     )
                     out.append(Problem(templates.file_of(use.name), t_line, t_col, use.name, msg))
+                    continue
+                if (use.name, "budget") in seen:
+                    continue
+                try:
+                    hostile = hostile_context(ctx)
+                    rules = profile.for_platform(platform)
+                    templates.render(use.name, hostile, rules, check_limit=False)
+                except TemplateFailure as f:
+                    if f.over_budget:  # other failures on made-up texts prove nothing
+                        seen.add((use.name, "budget"))
+                        out.append(_over_budget(templates, use, f, line, col))
     return out
+
+
+def _over_budget(
+    templates: TemplateSet, use: Use, f: TemplateFailure, line: int, col: int
+) -> Problem:
+    t_line, t_col = templates.locate(f)
+    msg = (
+        f"{f.reason} when a user's texts are 1,000 characters long (flow {use.flow.id!r} step "
+        f"{use.step_id!r} at {use.flow.file}:{line}:{col}); the message would not be sent. "
+        "A commenter decides how much work this is: loop over fixed lists, or shorten the "
+        "text first (comment.text|truncate(100))"
+    )
+    return Problem(templates.file_of(use.name), t_line, t_col, use.name, msg)
