@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from jinja2 import BaseLoader, Environment, StrictUndefined, TemplateNotFound, Undefined
+from jinja2 import BaseLoader, Environment, StrictUndefined, TemplateNotFound, Undefined, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 
 from bot.clock import SystemClock
@@ -213,6 +213,10 @@ class TemplateSet:
     def file_of(self, name: str) -> str:
         """The template's file, as problems and logs name it."""
         return self._files.get(name, name)
+
+    def syntax_tree(self, name: str) -> nodes.Template:
+        """The parsed template, for static checks (`compile_error` first: this raises)."""
+        return self._env.parse(self._sources[name], name, self.file_of(name))
 
     def compile_error(self, name: str) -> TemplateFailure | None:
         """The syntax error of template `name`, if any (with its line)."""

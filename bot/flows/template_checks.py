@@ -12,11 +12,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from jinja2 import nodes
+
 from bot.flows.context import sample_context
 from bot.flows.graph import REPLIED, facts_at
 from bot.flows.messages import BUTTON_TEXT_MAX
 from bot.flows.model import Collect, Flow, FollowUp, PrivateReply, PublicReply, SendStep, YamlPath
-from bot.flows.problems import Problem
+from bot.flows.problems import Problem, Severity
 from bot.flows.readers import suggest
 from bot.flows.yamlpos import Located, format_path
 from bot.policy import PolicyProfile
@@ -112,6 +114,8 @@ def check_templates(
             broken.add(name)
             line, col = templates.locate(failure)
             out.append(Problem(templates.file_of(name), line, col, name, failure.reason))
+    for name in sorted(templates.names - broken):
+        out.extend(_user_loops(templates, name))
     seen: set[tuple[str, str]] = set()
     for flow in flows:
         for use in uses(flow):
@@ -162,6 +166,31 @@ def check_templates(
                         seen.add((use.name, "budget"))
                         out.append(_over_budget(templates, use, f, line, col))
     return out
+
+
+# Variables holding what users wrote: a loop over them runs as often as a user decides.
+_USER_TEXT: Final = frozenset({"comment", "message", "answers"})
+
+
+def _user_loops(templates: TemplateSet, name: str) -> Iterator[Problem]:
+    """A warning for each loop whose length a user's text decides, seen in the template's
+    source: the hostile render only tries one shape of text."""
+    for loop in templates.syntax_tree(name).find_all(nodes.For):
+        names = [*loop.iter.find_all(nodes.Name)]
+        if isinstance(loop.iter, nodes.Name):
+            names.append(loop.iter)
+        used = sorted(_USER_TEXT.intersection(n.name for n in names))
+        if used:
+            yield Problem(
+                templates.file_of(name),
+                loop.lineno,
+                1,
+                name,
+                f"this loop runs once per item of what a user wrote ({', '.join(used)}); each "
+                "turn costs one of the render's 10,000 steps, and a message over budget is not "
+                "sent: loop over a fixed list, or shorten the text first (|truncate(100))",
+                Severity.WARNING,
+            )
 
 
 def _over_budget(

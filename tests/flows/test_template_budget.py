@@ -15,6 +15,7 @@ from jinja2 import StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bot.events import Platform
+from bot.flows import format_problem
 from bot.flows.context import template_context
 from bot.flows.model import Flow, PrivateReply, Trigger, TriggerType
 from bot.policy import default_profile
@@ -192,10 +193,34 @@ def test_bot_check_refuses_a_template_a_long_comment_makes_too_costly(check: Che
             """
         },
     )
-    [problem] = report.problems
+    [problem] = report.errors
     assert (problem.file, problem.line) == ("templates/loops.j2", 3)
     assert problem.message.startswith("stopped after 10,000 loop steps when a user's texts")
     assert "flows/f.yaml:5:" in problem.message
+    # Seen in the source too: the loops' lengths are the comment's (one warning a line).
+    [warning] = report.warnings
+    assert (warning.file, warning.line) == ("templates/loops.j2", 3)
+    assert "what a user wrote (comment)" in warning.message
+
+
+def test_bot_check_warns_of_a_loop_over_user_text_the_hostile_render_misses(
+    check: Checker,
+) -> None:
+    report = check(
+        {
+            "f.yaml": """
+            flows:
+              - id: echo
+                trigger: {type: comment, keywords: [hi]}
+                steps:
+                  - {id: r, type: private_reply, template: words.j2}
+            """
+        },
+        {"words.j2": "Hi{% for w in comment.text.split() if 'magic' in w %}!{% endfor %}"},
+    )
+    assert report.errors == ()
+    [warning] = [format_problem(w) for w in report.warnings]
+    assert warning.startswith("templates/words.j2:1:1: warning: words.j2: this loop runs once")
 
 
 # --- the shipped templates render as before --------------------------------------------
