@@ -1,4 +1,5 @@
-"""A budget for every template render: steps, text and time (issue 14, item 7).
+"""A budget for every template render: steps, text and time (the issue "Untrusted input costs
+bounded time and memory", item 7).
 
 One template froze the daemon for 20 s on a long comment (nested loops over its text), another
 took it from 49 MB to 1,098 MB (`replace` and format widths on a 1,008-character comment), and

@@ -1,4 +1,5 @@
-"""Untrusted input costs bounded time and memory (issue 14, items 6 and 7), from the outside:
+"""Untrusted input costs bounded time and memory (the issue of that name, items 6 and 7), from the
+outside:
 a hostile comment or a hostile template, posted as a signed webhook into the running bot, is
 dealt with, and the next valid comment is still answered."""
 

@@ -1,4 +1,5 @@
-"""Regular expressions over text anyone can post, in time linear in the text (issue 14, item 6).
+"""Regular expressions over text anyone can post, in time linear in the text (the issue
+"Untrusted input costs bounded time and memory", item 6).
 
 Python's `re` backtracks: the keyword `(a+)+$` on a 28-character comment held the event loop for
 8 s, doubling with each character. RE2 (the `google-re2` package) never backtracks, so a search

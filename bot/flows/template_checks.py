@@ -4,7 +4,7 @@ so undefined names and over-limit texts show up before a user ever triggers them
 rendered once more with hostile data (every text a user writes 1,000 characters long) under
 the same budget the daemon renders with, so a template whose cost a commenter decides (a loop
 over the comment's text inside `{% if comment.text|length > 30 %}`) is refused here, not
-found out when a long comment arrives (issue 14, item 7)."""
+found out when a long comment arrives (the untrusted-input issue, item 7)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Creators' regexes run in linear time (issue 14, item 6): RE2 compiles every one, `bot check`
-refuses what only a backtracking engine can run, and the accepted ones match what Python's
-`re` matched, so existing keywords keep working."""
+"""Creators' regexes run in linear time (the untrusted-input issue, item 6): RE2 compiles every
+one, `bot check` refuses what only a backtracking engine can run, and the accepted ones match
+what Python's `re` matched, so existing keywords keep working."""
 
 from __future__ import annotations
 

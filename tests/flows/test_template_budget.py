@@ -1,6 +1,6 @@
-"""Every render under a budget of steps, text and time (issue 14, item 7): each capped filter,
-method and operator refuses, before building it, what would outgrow the budget, and still does
-what Jinja does below it; the shipped templates render exactly as before."""
+"""Every render under a budget of steps, text and time (the untrusted-input issue, item 7): each
+capped filter, method and operator refuses, before building it, what would outgrow the budget,
+and still does what Jinja does below it; the shipped templates render exactly as before."""
 
 from __future__ import annotations
 
