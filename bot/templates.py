@@ -10,7 +10,6 @@ once into memory (`TemplateSet.from_dir`), so rendering does no I/O and a reload
 from __future__ import annotations
 
 import contextvars
-import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,12 +17,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from jinja2 import BaseLoader, Environment, StrictUndefined, TemplateNotFound, Undefined
+from jinja2 import BaseLoader, Environment, StrictUndefined, TemplateNotFound, Undefined, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from bot.clock import SystemClock
 from bot.errors import BotError
 from bot.policy import PlatformProfile, text_fits
+from bot.template_budget import OverBudget, budget
+from bot.template_sandbox import BudgetedSandbox
 
 __all__ = [
     "Rendered",
@@ -34,10 +35,6 @@ __all__ = [
     "truncate_for_platform",
 ]
 
-# Far above any platform limit; stops a template from building megabytes before the limit
-# check (the sandbox already caps range() at 100 000 items).
-_MAX_SEQUENCE = 100_000
-_MAX_EXPONENT = 64
 _SKIP_SUFFIXES = (".md",)
 _PROFILE: contextvars.ContextVar[PlatformProfile | None] = contextvars.ContextVar(
     "template_platform_profile", default=None
@@ -47,14 +44,20 @@ _HINT = re.compile(
 )
 
 
+_SYSTEM_CLOCK = SystemClock()
+
+
 class TemplateFailure(BotError):
     """A template could not be rendered into a message that may be sent; nothing was sent.
     Fix the template named in the message (`bot check` finds most of these beforehand)."""
 
-    def __init__(self, template: str, reason: str, line: int | None = None) -> None:
+    def __init__(
+        self, template: str, reason: str, line: int | None = None, *, over_budget: bool = False
+    ) -> None:
         self.template = template
         self.reason = reason
         self.line = line
+        self.over_budget = over_budget  # steps, text or time: the input decided, not a bug
         at = f" (line {line})" if line else ""
         super().__init__(f"template {template}{at}: {reason}")
 
@@ -112,25 +115,9 @@ def truncate_for_platform(value: Any, end: str = "…") -> str:
     return text
 
 
-def _size(value: Any) -> int | None:
-    return len(value) if isinstance(value, str | list | tuple) else None
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, plus caps on `*` and `**` so a template can't eat the memory."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
-        if op == "**" and isinstance(right, int | float) and abs(right) > _MAX_EXPONENT:
-            raise SecurityError(f"exponent {right} is too large for a message template")
-        if op == "*":
-            for seq, n in ((left, right), (right, left)):
-                size = _size(seq)
-                if size is not None and isinstance(n, int) and size * n > _MAX_SEQUENCE:
-                    raise SecurityError("repetition too large for a message template")
-            return operator.mul(left, right)
-        return super().call_binop(context, op, left, right)
+class _Sandbox(BudgetedSandbox):
+    """The immutable sandbox, every render under a budget of steps, text and time, so a
+    template can't eat the memory or hold the event loop (bot/template_budget.py)."""
 
 
 class _MemoryLoader(BaseLoader):
@@ -160,9 +147,9 @@ def _environment(sources: Mapping[str, str], files: Mapping[str, str]) -> _Sandb
     )
     for name in ("lipsum", "cycler", "joiner"):
         env.globals.pop(name, None)
-    env.filters["first_name"] = first_name
-    env.filters["truncate_bytes"] = truncate_bytes
-    env.filters["truncate_for_platform"] = truncate_for_platform
+    env.add_filter("first_name", first_name)
+    env.add_filter("truncate_bytes", truncate_bytes)
+    env.add_filter("truncate_for_platform", truncate_for_platform)
     return env
 
 
@@ -229,6 +216,10 @@ class TemplateSet:
         """The template's file, as problems and logs name it."""
         return self._files.get(name, name)
 
+    def syntax_tree(self, name: str) -> nodes.Template:
+        """The parsed template, for static checks (`compile_error` first: this raises)."""
+        return self._env.parse(self._sources[name], name, self.file_of(name))
+
     def compile_error(self, name: str) -> TemplateFailure | None:
         """The syntax error of template `name`, if any (with its line)."""
         try:
@@ -246,16 +237,23 @@ class TemplateSet:
         platform_profile: PlatformProfile,
         *,
         check_limit: bool = True,
+        monotonic: Callable[[], float] | None = None,
     ) -> Rendered:
         """Render `name` with `context`; raise `TemplateFailure` on any problem, including a
-        text over the platform's limit (POLICY.md §3), so no partial message ever leaves."""
+        text over the platform's limit (POLICY.md §3) or over the render budget (steps, text,
+        time by `monotonic`), so no partial message ever leaves."""
         token = _PROFILE.set(platform_profile)
         try:
-            text = self._env.get_template(name).render(dict(context))
+            template = self._env.get_template(name)
+            with budget(monotonic or _SYSTEM_CLOCK.monotonic):
+                text = template.render(dict(context))
         except TemplateNotFound:
             raise TemplateFailure(name, "no such template") from None
         except TemplateSyntaxError as exc:
             raise TemplateFailure(name, _reason(exc), exc.lineno) from None
+        except OverBudget as exc:
+            line = _template_line(exc.__traceback__, self.file_of(name))
+            raise TemplateFailure(name, exc.reason, line, over_budget=True) from None
         except Exception as exc:  # any failure inside a template must be a value, not a crash
             line = _template_line(exc.__traceback__, self.file_of(name))
             reason = _reason(exc)

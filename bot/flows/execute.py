@@ -45,6 +45,7 @@ from bot.flows.model import (
     UntagStep,
     WaitReply,
 )
+from bot.flows.regex import compile_regex
 from bot.flows.run import ContactView, Outcome, RunState, Waiting
 from bot.policy import Intent
 from bot.templates import TemplateFailure
@@ -54,8 +55,10 @@ __all__ = ["MAX_STEPS", "Executor", "parse_email", "parse_phone", "pick_variant"
 # A run that executes this many steps without waiting is in a goto loop: it stops.
 MAX_STEPS: Final = 50
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"\+?\d[\d\s().-]{5,}\d")
+# Run on what users write, so in linear time: with `re` these took 65 ms on 8,000 letters
+# (quadratic: every start position scans to the end).
+_EMAIL = compile_regex(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_PHONE = compile_regex(r"\+?\d[\d\s().-]{5,}\d")
 
 
 def parse_email(text: str | None) -> str | None:

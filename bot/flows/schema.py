@@ -4,7 +4,6 @@ step through `accepted_keys`."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -37,6 +36,8 @@ from bot.flows.model import (
 )
 from bot.flows.normalize import joined, words
 from bot.flows.readers import BAD, Ctx, Reader
+from bot.flows.regex import RegexRefused
+from bot.flows.regex import keyword as regex_keyword
 from bot.policy import Content
 
 __all__ = [
@@ -139,9 +140,9 @@ def keywords_ok(ctx: Ctx, kws: tuple[str, ...], mode: MatchMode, path: YamlPath)
         at = (*path, i) if (*path, i) in ctx.loc.values else path
         if mode is MatchMode.REGEX:
             try:
-                re.compile(kw)
-            except re.error as exc:
-                ctx.report(at, f"not a valid regular expression: {exc}")
+                regex_keyword(kw)
+            except RegexRefused as exc:
+                ctx.report(at, exc.reason)
                 ok = False
             continue
         toks = words(kw) if mode is not MatchMode.ANY else tuple(joined(kw).split())
