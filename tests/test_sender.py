@@ -371,7 +371,12 @@ async def test_a_public_reply_does_not_wait_behind_a_dm_backlog_at_the_hourly_ca
         await bot.sim.player.dm(IG_ACCOUNT, f"fan{i}", "menu")
     await bot.run_until(bot.clock.now() + 2 * timedelta(minutes=1))
     assert len(bot.sim.accepted()) == 200
-    assert await bot.rows("SELECT count(*) FROM outbox WHERE state = 'pending'") == [(50,)]
+    states = await bot.rows("SELECT state, count(*) FROM outbox GROUP BY state")
+    log = await bot.rows("SELECT outcome, reason, detail FROM send_log WHERE outcome != 'sent'")
+    assert await bot.rows("SELECT count(*) FROM outbox WHERE state = 'pending'") == [(50,)], (
+        states,
+        log,
+    )
     # Then a PRICING comment: its private reply at once, its public reply due 20 s later.
     c = await bot.sim.player.comment(IG_ACCOUNT, "alice", "reel1", "PRICING")
     commented = bot.clock.now()
