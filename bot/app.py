@@ -20,6 +20,7 @@ from aiohttp import web
 
 from bot.clock import Clock, SystemClock, to_ms
 from bot.config import Config
+from bot.config import reload_secrets as reread_secrets
 from bot.dispatch import Dispatcher
 from bot.engine import Engine
 from bot.errors import ConfigError
@@ -38,7 +39,15 @@ from bot.store.files import open_store
 from bot.store.inbox import InboxWriter, inbox_backlog, prune_processed
 from bot.webhook import INBOX, METRICS, WEBHOOK, Signer, WebhookSettings, add_routes
 
-__all__ = ["Runtime", "RUNTIME", "create_app", "reload_flows", "watch_flows"]
+__all__ = [
+    "RUNTIME",
+    "Runtime",
+    "create_app",
+    "on_sighup",
+    "reload_flows",
+    "reload_secrets",
+    "watch_flows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,10 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     dead: list[str] = field(default_factory=list)
+    webhook: WebhookSettings | None = None
+    # One-off work started from a signal handler, kept until it ends (asyncio holds tasks
+    # weakly: one nobody holds may vanish before it runs).
+    background: set[asyncio.Future[bool]] = field(default_factory=set)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -100,7 +113,7 @@ def create_app(
     app = web.Application(client_max_size=config.max_body_bytes)
     app[RUNTIME] = rt
     app[METRICS] = metrics
-    app[WEBHOOK] = WebhookSettings(
+    app[WEBHOOK] = rt.webhook = WebhookSettings(
         signer=Signer(config.app_secret.encode()),
         verify_token=config.verify_token,
         path=config.webhook_path,
@@ -160,6 +173,7 @@ def create_app(
             metrics,
             rng=rng,
             before_send=rt.worker.settle_contact,
+            on_resume=partial(reload_secrets, rt),
         )
         rt.dispatcher = Dispatcher(rt.engine, rt.sender)
         rt.reloader = FlowReloader(
@@ -232,6 +246,38 @@ def reload_flows(rt: Runtime) -> asyncio.Future[bool]:
     """
     assert rt.reloader is not None
     return rt.reloader.request()
+
+
+async def reload_secrets(rt: Runtime) -> bool:
+    """Read every secret again (a token file replaced after Meta refused the old token) and
+    use the new ones from the next call on; on SIGHUP and when `bot resume` lifts a pause.
+    A file that can't be read now keeps the secrets in use (one line says why)."""
+    try:
+        fresh = await asyncio.to_thread(reread_secrets, rt.config)
+    except ConfigError as exc:
+        log.error("secrets NOT read again; the ones in use stay: %s", exc)
+        return False
+    changed = [a.id for a, b in zip(rt.config.accounts, fresh.accounts, strict=True) if a != b]
+    rt.config = fresh
+    for part in (rt.engine, rt.sender):
+        if part is not None:
+            part.use_config(fresh)
+    if rt.webhook is not None:
+        rt.webhook.signer = Signer(fresh.app_secret.encode())
+        rt.webhook.verify_token = fresh.verify_token
+    log.info(
+        "secrets read again; %s",
+        f"new tokens for {', '.join(changed)}" if changed else "no token changed",
+    )
+    return True
+
+
+def on_sighup(rt: Runtime) -> None:
+    """SIGHUP: the flows and templates as they are on disk, and the secrets read again."""
+    reload_flows(rt)
+    task = asyncio.ensure_future(reload_secrets(rt))
+    rt.background.add(task)
+    task.add_done_callback(rt.background.discard)
 
 
 def watch_flows(rt: Runtime) -> None:

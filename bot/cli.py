@@ -170,9 +170,10 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    from bot.app import RUNTIME, reload_flows
+    from bot.app import RUNTIME, on_sighup
 
-    loop.add_signal_handler(signal.SIGHUP, reload_flows, app[RUNTIME])  # checks in a thread
+    # The flows (checked in a thread) and the secrets, read again.
+    loop.add_signal_handler(signal.SIGHUP, on_sighup, app[RUNTIME])
     log.info(
         "listening on http://%s:%d%s for %d account(s), at most %d connections",
         config.host,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ __all__ = [
     "ListenLimits",
     "load_config",
     "config_from_mapping",
+    "reload_secrets",
     "SECRET_ENV",
 ]
 
@@ -100,6 +101,8 @@ class Config:
     # On SIGTERM, how long to go on processing what the inbox holds before exiting: the rest
     # waits there for the next start. Docker kills 10 s after SIGTERM, systemd after 90 s.
     shutdown_drain_seconds: int = 5
+    # The settings file it was read from, so `reload_secrets` can read the secrets again.
+    path: Path | None = None
 
     def account(self, account_id: str) -> Account | None:
         for a in self.accounts:
@@ -126,7 +129,29 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}{where}: not valid YAML: {exc}") from None
-    return config_from_mapping(data, env=env, source=str(path), base=path.parent)
+    return replace(
+        config_from_mapping(data, env=env, source=str(path), base=path.parent), path=path
+    )
+
+
+def reload_secrets(config: Config, env: Mapping[str, str] | None = None) -> Config:
+    """The same settings with every secret read again: a token file an operator replaced
+    after Meta refused the old token (code 190), for `bot resume` and SIGHUP to pick up.
+
+    Only secrets change: the rest needs a restart. A variable of the environment can't change
+    under a running process, so a token given there stays what it was; raises ConfigError if
+    the file or a secret can't be read now (the caller keeps the old ones).
+    """
+    if config.path is None:
+        return config
+    fresh = load_config(config.path, env)
+    tokens = {a.id: a.token for a in fresh.accounts}
+    return replace(
+        config,
+        app_secret=fresh.app_secret,
+        verify_token=fresh.verify_token,
+        accounts=tuple(replace(a, token=tokens.get(a.id, a.token)) for a in config.accounts),
+    )
 
 
 _TOP_KEYS = {

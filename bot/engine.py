@@ -77,6 +77,10 @@ class Engine:
         self._platforms = {a.id: a.platform for a in config.accounts}
         self.flowset = flowset
 
+    def use_config(self, config: Config) -> None:
+        """The same accounts with secrets read again (bot.app.reload_secrets)."""
+        self._config = config
+
     # --- events --------------------------------------------------------------------------
 
     async def handle(self, conn: aiosqlite.Connection, events: Sequence[Event]) -> None:

@@ -47,7 +47,7 @@ from bot.policy import (
     record_meta_refusal,
     record_send,
 )
-from bot.store.accounts import account_holds, hold
+from bot.store.accounts import AccountHold, account_holds, hold
 from bot.store.conversations import (
     load_comment,
     load_state,
@@ -129,6 +129,7 @@ class Sender:
         owner: str | None = None,
         rng: random.Random | None = None,
         before_send: Callable[[str, str | None], Awaitable[None]] | None = None,
+        on_resume: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -142,6 +143,10 @@ class Sender:
         # The inbox worker's `settle_contact`: what the contact sent that was acknowledged is
         # applied before anything goes to them (a STOP in the backlog stops marketing sends).
         self._before_send = before_send
+        # Called when a pause an operator must lift was lifted (`bot resume`, another process):
+        # the daemon reads its secrets again, so the token the operator replaced is used.
+        self._on_resume = on_resume
+        self._paused: set[str] = set()
         # Set by `stop`: no send starts after this monotonic time, and a call in flight then
         # is given up (settled as unknown).
         self._stop_at: float | None = None
@@ -151,6 +156,10 @@ class Sender:
     @property
     def owner(self) -> str:
         return self._owner
+
+    def use_config(self, config: Config) -> None:
+        """The same accounts with secrets read again (bot.app.reload_secrets)."""
+        self._config = config
 
     def stop(self, deadline: float) -> None:
         """The daemon is stopping: send nothing after `deadline` (the clock's monotonic)."""
@@ -168,6 +177,7 @@ class Sender:
         await self._expire(now)
         await self._settle_abandoned(now)
         holds = await account_holds(self._db.reader)
+        await self._noticed_resumes(holds, now)
         wakes: list[datetime] = []
         tried = 0
         for account in self._config.accounts:
@@ -190,6 +200,16 @@ class Sender:
                     holds = await account_holds(self._db.reader)
         self.next_wake = max(min(wakes), now) if wakes else None
         return tried
+
+    async def _noticed_resumes(self, holds: dict[str, AccountHold], now: datetime) -> None:
+        """A pause lifted since the last round (an operator ran `bot resume` after replacing
+        the token): read the secrets again before sending with the old one."""
+        paused = {a for a, h in holds.items() if h.until is None and h.holds(now)}
+        resumed = self._paused - paused
+        self._paused = paused
+        if resumed and self._on_resume is not None:
+            log.info("account %s resumed: reading the secrets again", ", ".join(sorted(resumed)))
+            await self._on_resume()
 
     async def _run_class(
         self, account: Account, send_class: SendClass, now: datetime
@@ -410,6 +430,7 @@ class Sender:
                 return cls is not ErrorClass.BACKOFF
             if cls.pauses_account:
                 await hold(conn, [account.id], f"{cls.value}: {exc}", now, None)
+                self._paused.add(account.id)
                 self._metrics.inc("accounts_paused", reason=cls.value, help="accounts paused")
                 log.error(
                     "account %s PAUSED (%s): %s; `bot resume` after fixing it",

@@ -65,8 +65,11 @@ class Signer:
         return "Signer()"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WebhookSettings:
+    """Not frozen: SIGHUP and `bot resume` swap in a secret read again (`reload_secrets`);
+    each request reads the current one."""
+
     signer: Signer
     verify_token: str
     path: str = "/webhook"
