@@ -159,7 +159,7 @@ def create_app(
             rt.engine,
             metrics,
             wake=rt.inbox.committed,
-            generation=lambda: rt.inbox.generation if rt.inbox else 0,
+            head=lambda: rt.inbox.last_id if rt.inbox else 0,
             ingest_busy=rt.inbox.busy,
             ingest_flooded=rt.inbox.flooded,
             on_commit=rt.wakeup.kick,

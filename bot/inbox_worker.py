@@ -80,7 +80,7 @@ class InboxWorker:
         metrics: Metrics,
         *,
         wake: asyncio.Event | None = None,
-        generation: Callable[[], int] = lambda: 0,
+        head: Callable[[], int] = lambda: 0,
         ingest_busy: Callable[[], bool] = lambda: False,
         ingest_flooded: Callable[[], bool] = lambda: False,
         on_commit: Callable[[], None] = lambda: None,
@@ -99,7 +99,7 @@ class InboxWorker:
         self._sink = sink
         self._metrics = metrics
         self._wake = wake or asyncio.Event()
-        self._generation = generation
+        self._head = head
         self._batch = batch
         self._poll = poll_seconds
         self._stopping = False
@@ -114,8 +114,8 @@ class InboxWorker:
         self._on_commit = on_commit
         self._size = batch  # deliveries per transaction now; smaller while webhooks pour in
         self._ingest_lock = asyncio.Lock()
-        # The writer's commit count up to which every delivery has been ingested.
-        self.ingested_generation = -1
+        # The inbox id up to which every delivery has been ingested.
+        self.ingested_id = 0
         self.failures = 0  # storage failures in a row; 0 once a step succeeds again
 
     def stop(self) -> None:
@@ -208,19 +208,23 @@ class InboxWorker:
         """Parse the oldest unprocessed deliveries and queue their new events; how many."""
         limit = limit or self._batch
         async with self._ingest_lock:
-            generation = self._generation()
+            head = self._head()
             rows = await claim_new(self._inbox, limit)
             if rows:
                 await self._ingest([(row, _parse(row)) for row in rows])
+                # The oldest waiting ones come first: nothing below the last is waiting now.
+                self.ingested_id = max(self.ingested_id, rows[-1].id)
             if len(rows) < limit:
                 # Everything the writer had committed when this read began is ingested now.
-                self.ingested_generation = max(self.ingested_generation, generation)
+                self.ingested_id = max(self.ingested_id, head)
             return len(rows)
 
-    async def ingest_through(self, generation: int) -> None:
-        """Ingest until every delivery of the writer's first `generation` commits is in."""
-        while self.ingested_generation < generation:
-            await self.ingest_once(max(self._batch, 256))
+    async def ingest_through(self, last_id: int) -> None:
+        """Ingest until every delivery up to inbox id `last_id` is in: bounded, however many
+        arrive meanwhile (a flood must not keep a send waiting for ever)."""
+        while self.ingested_id < last_id:
+            if not await self.ingest_once(max(self._batch, 256)):
+                return
 
     async def _ingest(self, parsed: list[tuple[InboxRow, ParsedDelivery | str]]) -> None:
         now_ms = to_ms(self._clock.now())
@@ -285,7 +289,7 @@ class InboxWorker:
         events are applied in their order, ahead of everyone else's backlog (events of other
         contacts keep their place: per-contact order is all the engine needs).
         """
-        await self.ingest_through(self._generation())
+        await self.ingest_through(self._head())
         if user_id is None or not await contact_has_queued(self._db.reader, account_id, user_id):
             return
         while True:

@@ -236,3 +236,29 @@ async def test_the_whole_app_runs_its_own_workers_on_a_virtual_clock(
         assert to_ms(stack.clock.now()) > 0
     finally:
         await stack.sim.close()
+
+
+async def test_a_send_waits_for_the_acknowledged_backlog_not_for_the_flood_behind_it(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before a send, everything acknowledged so far is ingested; deliveries that keep pouring
+    # in meanwhile must not keep the send waiting for ever.
+    worker, writer = stack.rt.worker, stack.rt.inbox
+    assert worker is not None and writer is not None
+    for i in range(40):
+        assert await post_signed(stack.client, ig_dm(f"m.a{i}", "hi", user=f"1{i:05d}")) == 200
+    head = writer.last_id
+    more = iter(range(10_000))
+    ingest = worker._ingest
+
+    async def flooded(parsed: Any) -> None:
+        await ingest(parsed)
+        for _ in range(300):  # a flood faster than ingest
+            i = next(more)
+            await post_signed(stack.client, ig_dm(f"m.b{i}", "hi", user=f"2{i:05d}"))
+
+    monkeypatch.setattr(worker, "_ingest", flooded)
+    await asyncio.wait_for(worker.settle_contact(IG_ACCOUNT, "100001"), timeout=30)
+    assert worker.ingested_id >= head
+    left = await stack.rows("SELECT count(*) FROM inbox WHERE state = 'new'")
+    assert left[0][0] > 0  # the flood behind it waits for the worker, not for the send

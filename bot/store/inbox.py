@@ -133,9 +133,9 @@ class InboxWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set after each commit, so the inbox worker starts at once instead of polling.
         self.committed = asyncio.Event()
-        # Commits so far: the inbox worker notes the value it has read everything up to, so
-        # the sender can tell that every acknowledged delivery has been ingested.
-        self.generation = 0
+        # The id of the newest delivery committed (acknowledged): the sender has everything
+        # up to it ingested before a send, however far behind the worker is.
+        self.last_id = 0
         self._pending_bytes = 0
         self._last_append = float("-inf")
         self._committing = False
@@ -212,6 +212,9 @@ class InboxWriter:
                     "INSERT INTO inbox (received_at, body) VALUES (?, ?)",
                     [(at, bytearray(body)) for body, _ in batch],
                 )
+                # Ids only grow (the pruner keeps the newest row): the batch's last is the
+                # newest; one statement per commit, not per delivery.
+                last = await fetch_all(conn, "SELECT last_insert_rowid()")
         except (sqlite3.Error, ValueError) as exc:
             log.error("inbox append of %d deliveries failed: %s", len(batch), exc)
             err = StoreUnavailable(f"the inbox could not be written: {exc}")
@@ -219,7 +222,7 @@ class InboxWriter:
                 if not fut.done():
                     fut.set_exception(err)
             return
-        self.generation += 1
+        self.last_id = max(self.last_id, int(last[0][0]))
         for _, fut in batch:
             if not fut.done():
                 fut.set_result(None)
