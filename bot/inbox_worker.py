@@ -211,7 +211,7 @@ class InboxWorker:
             head = self._head()
             rows = await claim_new(self._inbox, limit)
             if rows:
-                await self._ingest([(row, _parse(row)) for row in rows])
+                await self._ingest_isolated([(row, _parse(row)) for row in rows])
                 # The oldest waiting ones come first: nothing below the last is waiting now.
                 self.ingested_id = max(self.ingested_id, rows[-1].id)
             if len(rows) < limit:
@@ -225,6 +225,32 @@ class InboxWorker:
         while self.ingested_id < last_id:
             if not await self.ingest_once(max(self._batch, 256)):
                 return
+
+    async def _ingest_isolated(self, parsed: list[tuple[InboxRow, ParsedDelivery | str]]) -> None:
+        """Ingest a batch; if it fails for a reason that won't pass (a bug, never storage),
+        one delivery at a time, and the one that fails alone is kept as bad with the reason
+        (`bot inbox` lists it): one delivery never holds up the ones behind it."""
+        try:
+            await self._ingest(parsed)
+            return
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.error("a batch of %d deliveries failed (%r); one by one", len(parsed), exc)
+        for one in parsed:
+            try:
+                await self._ingest([one])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                row = one[0]
+                log.error("delivery %d kept as bad: %r", row.id, exc, exc_info=exc)
+                self._metrics.inc("deliveries_bad", help="signed deliveries that didn't parse")
+                await mark_processed(
+                    self._inbox,
+                    [(row.id, 0, f"ingest failed: {type(exc).__name__}: {exc}")],
+                    at_ms=to_ms(self._clock.now()),
+                )
 
     async def _ingest(self, parsed: list[tuple[InboxRow, ParsedDelivery | str]]) -> None:
         now_ms = to_ms(self._clock.now())

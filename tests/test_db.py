@@ -120,6 +120,38 @@ async def test_the_writer_reports_a_flood_when_acks_queue_up_by_the_dozen(tmp_pa
         await db.close()
 
 
+async def test_deliveries_waiting_for_a_stalled_store_are_bounded_and_the_rest_get_503(
+    tmp_path: Path,
+) -> None:
+    # A commit that stalls (a slow disk) while deliveries pour in: what waits holds its body
+    # in memory, so beyond a bound the writer refuses (503, Meta retries) instead of growing.
+    clock = VirtualClock()
+    db = await Database.open(tmp_path / "inbox.sqlite3", "NORMAL", INBOX_MIGRATIONS, inline=True)
+    writer = InboxWriter(db, clock, max_pending_bytes=10_000)
+    writer.start()
+    stall = asyncio.Event()
+    commit = writer._commit
+
+    async def stalled(batch: Any) -> None:
+        await stall.wait()
+        await commit(batch)
+
+    writer._commit = stalled  # type: ignore[method-assign]
+    try:
+        waiting = [asyncio.ensure_future(writer.append(b"x" * 1000)) for _ in range(30)]
+        await asyncio.sleep(0.01)
+        refused = [t for t in waiting if t.done() and isinstance(t.exception(), StoreUnavailable)]
+        assert len(refused) >= 15  # no more than about 10 KB of bodies wait
+        stall.set()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        stored = await fetch_all(db.reader, "SELECT count(*) FROM inbox")
+        assert stored[0][0] == 30 - len(refused)  # every one not refused was stored
+    finally:
+        stall.set()
+        await writer.close()
+        await db.close()
+
+
 def _ephemeral_tables(path: Path, sql: str) -> int:
     with sqlite3.connect(path) as conn:
         return [row[1] for row in conn.execute(f"EXPLAIN {sql}")].count("OpenEphemeral")

@@ -262,3 +262,29 @@ async def test_a_send_waits_for_the_acknowledged_backlog_not_for_the_flood_behin
     assert worker.ingested_id >= head
     left = await stack.rows("SELECT count(*) FROM inbox WHERE state = 'new'")
     assert left[0][0] > 0  # the flood behind it waits for the worker, not for the send
+
+
+async def test_a_delivery_ingest_cannot_take_is_kept_as_bad_and_the_rest_go_on(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug that fails one delivery's ingest (never a storage error): before, it failed the
+    # worker; now that one is kept as bad with the reason and the others are ingested.
+    from bot import inbox_worker
+
+    original = inbox_worker.queue_events
+
+    async def failing(conn: aiosqlite.Connection, events: Any) -> None:
+        if any(ev.key == "mid:m.bug" for _, ev in events):
+            raise ValueError("a bug on this one delivery")
+        await original(conn, events)
+
+    monkeypatch.setattr(inbox_worker, "queue_events", failing)
+    for mid, user in (("m.ok1", "u1"), ("m.bug", "u2"), ("m.ok2", "u3")):
+        assert await post_signed(stack.client, ig_dm(mid, "hi", user=stack.user(user))) == 200
+    await stack.process()
+    states = await stack.rows("SELECT state, error FROM inbox ORDER BY id")
+    assert [s for s, _ in states].count("bad") == 1
+    assert "a bug on this one delivery" in [e for s, e in states if s == "bad"][0]
+    contacts = {u for (u,) in await stack.rows("SELECT user_id FROM conversations")}
+    assert contacts == {stack.user("u1"), stack.user("u3")}
+    assert stack.rt.dead == []
