@@ -39,6 +39,7 @@ from bot.metrics import Metrics
 from bot.store.db import Database
 from bot.store.events import (
     QueuedEvent,
+    any_queued,
     claim_contact,
     claim_one,
     claim_queued,
@@ -116,6 +117,10 @@ class InboxWorker:
         self._ingest_lock = asyncio.Lock()
         # The inbox id up to which every delivery has been ingested.
         self.ingested_id = 0
+        # Whether the event queue may hold events (False once a claim found it drained). While
+        # it is empty, a batch is ingested and applied in one transaction, as fast as one step
+        # can be; queued only behind a backlog, where per-contact order needs the queue.
+        self._queued = True
         self.failures = 0  # storage failures in a row; 0 once a step succeeds again
 
     def stop(self) -> None:
@@ -183,8 +188,13 @@ class InboxWorker:
         return deliveries + events
 
     async def _step(self, limit: int | None) -> tuple[int, int]:
-        deliveries = await self.ingest_once(limit)
-        events = await self.apply_once(limit)
+        events = await self.apply_once(limit) if self._queued else 0
+        deliveries = await self.ingest_once(limit, apply=True)
+        idle = not deliveries and not events and not self._queued
+        # Idle: events another process queued again (`bot inbox replay`) are applied too.
+        if idle and await any_queued(self._db.reader):
+            self._queued = True
+            events = await self.apply_once(limit)
         if self.failures:
             log.info("storage works again after %d failed tries", self.failures)
             self.failures = 0
@@ -204,14 +214,19 @@ class InboxWorker:
 
     # --- ingest ----------------------------------------------------------------------------
 
-    async def ingest_once(self, limit: int | None = None) -> int:
-        """Parse the oldest unprocessed deliveries and queue their new events; how many."""
+    async def ingest_once(self, limit: int | None = None, *, apply: bool = False) -> int:
+        """Parse the oldest unprocessed deliveries and queue their new events; how many.
+
+        `apply`: if nothing is queued from before, apply them at once in the same transaction
+        (the worker's own step; the sender's catch-up only queues, which is quicker)."""
         limit = limit or self._batch
         async with self._ingest_lock:
             head = self._head()
             rows = await claim_new(self._inbox, limit)
             if rows:
-                await self._ingest_isolated([(row, _parse(row)) for row in rows])
+                parsed = [(row, _parse(row)) for row in rows]
+                if not (apply and not self._queued and await self._ingest_applied(parsed)):
+                    await self._ingest_isolated(parsed)
                 # The oldest waiting ones come first: nothing below the last is waiting now.
                 self.ingested_id = max(self.ingested_id, rows[-1].id)
             if len(rows) < limit:
@@ -252,7 +267,22 @@ class InboxWorker:
                     at_ms=to_ms(self._clock.now()),
                 )
 
-    async def _ingest(self, parsed: list[tuple[InboxRow, ParsedDelivery | str]]) -> None:
+    async def _ingest_applied(self, parsed: list[tuple[InboxRow, ParsedDelivery | str]]) -> bool:
+        """Ingest and apply in one transaction; False (nothing done) if it failed for a
+        reason that won't pass, so the batch goes the queued way, one bad event set aside."""
+        try:
+            await self._ingest(parsed, apply=True)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning("applying a batch at once failed (%r); it goes through the queue", exc)
+            return False
+        self._on_commit()
+        return True
+
+    async def _ingest(
+        self, parsed: list[tuple[InboxRow, ParsedDelivery | str]], *, apply: bool = False
+    ) -> None:
         now_ms = to_ms(self._clock.now())
         results: list[tuple[int, int, str | None]] = []  # (inbox id, new events, error)
         candidates: list[tuple[int, Event]] = []
@@ -280,7 +310,11 @@ class InboxWorker:
                     log.info("ignored %s event: %s", ev.field or "unknown", ev.reason)
                 else:
                     usable.append((inbox_id, ev))
-            await queue_events(conn, usable)
+            if apply:
+                await self._sink.handle(conn, contact_order(ev for _, ev in usable))
+            elif usable:
+                await queue_events(conn, usable)
+                self._queued = True
         results.extend(
             (row.id, counts.get(row.id, 0), None)
             for row, result in parsed
@@ -304,6 +338,8 @@ class InboxWorker:
                 raise
             log.warning("a batch of %d events failed (%r); one by one", len(batch), exc)
             return await self._one_by_one(batch)
+        if len(batch) < limit:
+            self._queued = False  # drained: the next batches go in one transaction
         if batch:
             self._on_commit()
         return len(batch)
@@ -316,7 +352,9 @@ class InboxWorker:
         contacts keep their place: per-contact order is all the engine needs).
         """
         await self.ingest_through(self._head())
-        if user_id is None or not await contact_has_queued(self._db.reader, account_id, user_id):
+        if user_id is None or not self._queued:
+            return  # nothing queued: what was acknowledged is applied already
+        if not await contact_has_queued(self._db.reader, account_id, user_id):
             return
         while True:
             batch: list[QueuedEvent] = []

@@ -271,14 +271,14 @@ async def test_a_delivery_ingest_cannot_take_is_kept_as_bad_and_the_rest_go_on(
     # worker; now that one is kept as bad with the reason and the others are ingested.
     from bot import inbox_worker
 
-    original = inbox_worker.queue_events
+    original = inbox_worker.first_seen
 
-    async def failing(conn: aiosqlite.Connection, events: Any) -> None:
+    async def failing(conn: aiosqlite.Connection, events: Any) -> Any:
         if any(ev.key == "mid:m.bug" for _, ev in events):
             raise ValueError("a bug on this one delivery")
-        await original(conn, events)
+        return await original(conn, events)
 
-    monkeypatch.setattr(inbox_worker, "queue_events", failing)
+    monkeypatch.setattr(inbox_worker, "first_seen", failing)
     for mid, user in (("m.ok1", "u1"), ("m.bug", "u2"), ("m.ok2", "u3")):
         assert await post_signed(stack.client, ig_dm(mid, "hi", user=stack.user(user))) == 200
     await stack.process()

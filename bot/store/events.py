@@ -44,6 +44,7 @@ from bot.store.db import fetch_all, fetch_one
 __all__ = [
     "QueuedEvent",
     "SetAside",
+    "any_queued",
     "claim_contact",
     "claim_one",
     "claim_queued",
@@ -194,6 +195,13 @@ async def claim_contact(
             " AND account_id = ? AND user_id = ? ORDER BY at, id LIMIT ?",
             (account_id, user_id, limit),
         )
+    )
+
+
+async def any_queued(conn: aiosqlite.Connection) -> bool:
+    """Whether any event waits for the engine: one read of the partial index."""
+    return (
+        await fetch_one(conn, "SELECT 1 FROM event_queue WHERE state = 'new' LIMIT 1") is not None
     )
 
 
