@@ -70,6 +70,9 @@ class Clock(Protocol):
     def monotonic(self) -> float:
         """Seconds for measuring durations; never goes back."""
 
+    def thread_time(self) -> float:
+        """CPU seconds this thread has run: work done, whatever else the machine does."""
+
     async def sleep_until(self, when: datetime) -> None:
         """Return once `now() >= when` (or soon after, for the system clock)."""
 
@@ -88,6 +91,9 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def thread_time(self) -> float:
+        return time.thread_time()
 
     async def sleep_until(self, when: datetime) -> None:
         delay = (when - self.now()).total_seconds()
@@ -111,6 +117,10 @@ class VirtualClock:
 
     def monotonic(self) -> float:
         return self._now.timestamp()
+
+    def thread_time(self) -> float:
+        """None passes: what a simulation runs never depends on how busy the machine is."""
+        return 0.0
 
     async def sleep_until(self, when: datetime) -> None:
         if when <= self._now:

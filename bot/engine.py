@@ -53,6 +53,7 @@ from bot.store.conversations import (
 from bot.store.db import Database
 from bot.store.outbox import Outcome as LogOutcome
 from bot.store.outbox import SendKind, enqueue, log_send, reconcile_echo
+from bot.template_budget import timed_by
 
 __all__ = ["Engine"]
 
@@ -160,7 +161,8 @@ class Engine:
             ]
             if waiting:
                 run = max(waiting, key=lambda r: r.started_at)
-                outcome = runtime.on_event(self.flowset, run, ev, contact, now)
+                with timed_by(self._clock.thread_time):
+                    outcome = runtime.on_event(self.flowset, run, ev, contact, now)
                 if not outcome.consumed:
                     # The run could not take it (a reload changed its flow): it ends or
                     # stays as it was, and the event starts whatever it matches.
@@ -175,7 +177,8 @@ class Engine:
             )
             # No rng: reply variants come from a stable digest of the comment, flow and step,
             # so a retried webhook or a replayed `bot simulate` scenario picks the same text.
-            outcome = runtime.start(self.flowset, ev, contact, now, history=history)
+            with timed_by(self._clock.thread_time):
+                outcome = runtime.start(self.flowset, ev, contact, now, history=history)
             if outcome is None:
                 return
             if user is not None:
@@ -222,7 +225,8 @@ class Engine:
                     account.platform,
                     state.handoff_since is not None,
                 )
-                outcome = runtime.on_due(self.flowset, run, contact, now)
+                with timed_by(self._clock.thread_time):
+                    outcome = runtime.on_due(self.flowset, run, contact, now)
                 new = await self.apply(conn, account, user_id, state, outcome, now)
                 if new != state:
                     await save_states(conn, {key: new}, now)

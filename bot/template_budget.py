@@ -33,12 +33,16 @@ from typing import Any, Final
 from jinja2.exceptions import SecurityError
 from jinja2.utils import Namespace
 
+from bot.clock import SystemClock
+
 __all__ = [
     "BUDGET",
     "COUNT_ARGS",
     "FILTER_SIZES",
     "MAX_DEPTH",
     "MAX_SECONDS",
+    "TIMER",
+    "timed_by",
     "MAX_STEPS",
     "MAX_TEXT",
     "MAX_EXPONENT",
@@ -59,9 +63,12 @@ MAX_STEPS: Final = 10_000
 MAX_TEXT: Final = 64 * 1024  # characters; a DM is at most 2,000 (Messenger), 1,000 bytes (IG)
 # A backstop for work between steps that nothing else counts: every hostile template
 # bench/render.py knows stops on steps, text or depth within 3 ms, and a shipped template
-# renders in about 11 us, so 20 ms is a thousand times a real message (no GC pause or busy
-# machine trips it) and still bounds how long an unforeseen template holds the event loop.
-MAX_SECONDS: Final = 0.020
+# renders in about 11 us. Counted in the thread's CPU seconds, not wall time: 20 ms of wall
+# time dropped real messages on a busy machine (the render was waiting for a CPU, not
+# working), and no message may depend on how busy the machine is. Read every
+# `_CLOCK_EVERY` steps (a CPU-time read is a system call, about 0.8 us).
+MAX_SECONDS: Final = 0.100
+_CLOCK_EVERY: Final = 32
 # Macros and includes calling themselves: Python's recursion limit would stop them, but at
 # about 1,000 frames, and Jinja then rewrites every frame of the traceback (95 ms measured).
 MAX_DEPTH: Final = 25
@@ -82,18 +89,19 @@ class OverBudget(Exception):
 class RenderBudget:
     """What one render may still spend. Mutable: one per render, never shared."""
 
-    __slots__ = ("_deadline", "_monotonic", "depth", "steps", "text")
+    __slots__ = ("_deadline", "_timer", "_until_clock", "depth", "steps", "text")
 
     def __init__(
         self,
-        monotonic: Callable[[], float],
+        timer: Callable[[], float],
         *,
         steps: int = MAX_STEPS,
         text: int = MAX_TEXT,
         seconds: float = MAX_SECONDS,
     ) -> None:
-        self._monotonic = monotonic
-        self._deadline = monotonic() + seconds
+        self._timer = timer
+        self._deadline = timer() + seconds
+        self._until_clock = _CLOCK_EVERY
         self.steps = steps
         self.text = text
         self.depth = 0
@@ -114,8 +122,12 @@ class RenderBudget:
         self.clock()
 
     def clock(self) -> None:
-        if self._monotonic() > self._deadline:
-            raise OverBudget(f"took longer than {MAX_SECONDS * 1000:.0f} ms")
+        self._until_clock -= 1
+        if self._until_clock > 0:
+            return
+        self._until_clock = _CLOCK_EVERY
+        if self._timer() > self._deadline:
+            raise OverBudget(f"took more than {MAX_SECONDS * 1000:.0f} ms of CPU time")
 
     def room(self, size: int, what: str = "output") -> None:
         """Refuse, before it is built, a string of `size` characters the budget can't hold
@@ -134,11 +146,33 @@ BUDGET: contextvars.ContextVar[RenderBudget | None] = contextvars.ContextVar(
 )
 
 
-class budget:  # noqa: N801 - used as `with budget(...)`, like a function
-    """Render under `RenderBudget(monotonic)` inside the block."""
+# The CPU-time reading renders are timed by: the engine sets its clock's (a VirtualClock's
+# counts none, so `bot simulate` repeats exactly); anything else renders on the thread's own.
+TIMER: contextvars.ContextVar[Callable[[], float]] = contextvars.ContextVar(
+    "template_render_timer", default=SystemClock().thread_time
+)
 
-    def __init__(self, monotonic: Callable[[], float]) -> None:
-        self._budget = RenderBudget(monotonic)
+
+class timed_by:  # noqa: N801 - used as `with timed_by(...)`, like a function
+    """Renders inside the block are timed by `timer` (the engine's clock's `thread_time`)."""
+
+    def __init__(self, timer: Callable[[], float]) -> None:
+        self._timer = timer
+        self._token: contextvars.Token[Callable[[], float]] | None = None
+
+    def __enter__(self) -> None:
+        self._token = TIMER.set(self._timer)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        TIMER.reset(self._token)
+
+
+class budget:  # noqa: N801 - used as `with budget(...)`, like a function
+    """Render under `RenderBudget(timer)` inside the block."""
+
+    def __init__(self, timer: Callable[[], float]) -> None:
+        self._budget = RenderBudget(timer)
         self._token: contextvars.Token[RenderBudget | None] | None = None
 
     def __enter__(self) -> RenderBudget:

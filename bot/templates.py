@@ -20,10 +20,9 @@ from typing import Any
 from jinja2 import BaseLoader, Environment, StrictUndefined, TemplateNotFound, Undefined, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 
-from bot.clock import SystemClock
 from bot.errors import BotError
 from bot.policy import PlatformProfile, text_fits
-from bot.template_budget import OverBudget, budget
+from bot.template_budget import TIMER, OverBudget, budget
 from bot.template_sandbox import BudgetedSandbox
 
 __all__ = [
@@ -42,9 +41,6 @@ _PROFILE: contextvars.ContextVar[PlatformProfile | None] = contextvars.ContextVa
 _HINT = re.compile(
     r"'([^']+)' is undefined|has no attribute '([^']+)'|undefined: ([\w.]+) is not defined"
 )
-
-
-_SYSTEM_CLOCK = SystemClock()
 
 
 class TemplateFailure(BotError):
@@ -237,15 +233,16 @@ class TemplateSet:
         platform_profile: PlatformProfile,
         *,
         check_limit: bool = True,
-        monotonic: Callable[[], float] | None = None,
+        timer: Callable[[], float] | None = None,
     ) -> Rendered:
         """Render `name` with `context`; raise `TemplateFailure` on any problem, including a
         text over the platform's limit (POLICY.md §3) or over the render budget (steps, text,
-        time by `monotonic`), so no partial message ever leaves."""
+        CPU time by `timer`, by default the engine's clock: `TIMER`), so no partial message
+        ever leaves."""
         token = _PROFILE.set(platform_profile)
         try:
             template = self._env.get_template(name)
-            with budget(monotonic or _SYSTEM_CLOCK.monotonic):
+            with budget(timer or TIMER.get()):
                 text = template.render(dict(context))
         except TemplateNotFound:
             raise TemplateFailure(name, "no such template") from None
